@@ -1,0 +1,1 @@
+"""HTTP handlers: the OpenAI-compatible surface and the operations endpoints."""

@@ -1,0 +1,59 @@
+"""The canonical audit event: one per proxied request.
+
+Filled in as the request is handled and emitted once by the middleware. It
+holds only metadata: never prompt text, never keys.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Action(enum.Enum):
+    """What the proxy did with the request's target."""
+
+    FORWARD = "forward"
+    BLOCK = "block"
+    WOULD_BLOCK = "would_block"
+    NONE = "none"
+
+
+@dataclass(slots=True)
+class Audit:
+    request_id: str
+    method: str
+    route: str
+    tenant: str | None = None
+    model: str | None = None
+    upstream: str | None = None
+    decision: Action = Action.NONE
+    verdict: str | None = None
+    reason: str | None = None
+    rule: str | None = None
+    stream: bool = False
+    status: int = 0
+    error_code: str | None = None
+    error: str | None = None
+    bytes_out: int = 0
+
+    def fields(self, duration_ms: float) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "method": self.method,
+            "route": self.route,
+            "tenant": self.tenant,
+            "model": self.model,
+            "upstream": self.upstream,
+            "decision": self.decision.value,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "rule": self.rule,
+            "stream": self.stream,
+            "status": self.status,
+            "error_code": self.error_code,
+            "error": self.error,
+            "bytes_out": self.bytes_out,
+            "duration_ms": round(duration_ms, 3),
+        }

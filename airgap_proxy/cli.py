@@ -1,0 +1,128 @@
+"""Command line: ``serve``, ``classify`` and ``check-config``.
+
+Exit status: 0 success (every URL / upstream local), 1 a target is not local
+(or the server could not start), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from airgap_proxy import __version__, policy, routing
+from airgap_proxy.config import Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_NOT_LOCAL = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="airgap-proxy", description="OpenAI-compatible proxy that keeps LLM traffic inside the network."
+    )
+    parser.add_argument("--version", action="version", version=f"airgap-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="YAML config file (default: $AIRGAP_PROXY_CONFIG)")
+    serve.add_argument("--host", help="listen address (overrides config and $AIRGAP_PROXY_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (overrides config and $AIRGAP_PROXY_PORT)")
+
+    classify = sub.add_parser("classify", help="print the egress verdict for URLs")
+    classify.add_argument("urls", nargs="+", metavar="URL")
+    classify.add_argument("--config", help="take the policy from this config file")
+    classify.add_argument("--json", action="store_true", help="print one JSON object per line")
+    classify.add_argument("--no-resolve", action="store_true", help="do not resolve names (they count as external)")
+
+    check = sub.add_parser("check-config", help="load the config as serve would and report")
+    check.add_argument("--config", help="YAML config file (default: $AIRGAP_PROXY_CONFIG)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    env = dict(os.environ)
+    try:
+        if args.command == "serve":
+            return _serve(args, env)
+        if args.command == "classify":
+            return _classify(args, env)
+        return _check_config(args, env)
+    except ConfigError as exc:
+        print(f"airgap-proxy: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from airgap_proxy.server import run  # imported late: aiohttp is not needed by classify
+
+    config = load_config(args.config, env)
+    return run(config, host=args.host, port=args.port)
+
+
+def _classify(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from airgap_proxy.egress import system_resolve
+
+    config = load_config(args.config, env) if args.config else Config()
+    resolve = None if args.no_resolve else system_resolve
+    status = EXIT_OK
+    for url in args.urls:
+        decision = policy.classify(url, config.rules, resolve)
+        if not decision.is_local:
+            status = EXIT_NOT_LOCAL
+        if args.json:
+            print(json.dumps(_decision_json(url, decision)))
+        else:
+            print(f"{decision.verdict.value:<8}  {url}  {decision.reason}")
+    return status
+
+
+def _decision_json(url: str, decision: policy.Decision) -> dict[str, Any]:
+    return {
+        "url": url,
+        "verdict": decision.verdict.value,
+        "reason": decision.reason,
+        "rule": decision.rule.value,
+        "host": decision.host or None,
+        "addresses": list(decision.addresses),
+    }
+
+
+def _check_config(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from airgap_proxy.egress import system_resolve
+
+    config = load_config(args.config, env)
+    report = config.redacted()
+    status = EXIT_OK
+    verdicts = []
+    for upstream in config.upstreams:
+        decision = routing.full_decision(upstream, config.rules, system_resolve)
+        verdicts.append({"upstream": upstream.name, **_decision_json(upstream.base_url, decision)})
+        if not decision.is_local and config.airgapped:
+            status = EXIT_NOT_LOCAL
+    report["verdicts"] = verdicts
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(yaml.safe_dump({k: v for k, v in report.items() if k != "verdicts"}, sort_keys=False).rstrip())
+        print("upstream verdicts:")
+        if not verdicts:
+            print("  (no upstream configured)")
+        for item in verdicts:
+            print(f"  {item['upstream']}: {item['verdict']} - {item['reason']}")
+    mode = "air-gapped (enforcing)" if config.airgapped else "report-only (NOT enforcing)"
+    print(f"config OK; mode: {mode}" if status == EXIT_OK else f"config loads, but an upstream is not local; mode: {mode}",
+          file=sys.stderr)
+    return status

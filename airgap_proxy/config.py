@@ -1,0 +1,645 @@
+"""Configuration: YAML plus environment variables -> frozen typed objects.
+
+Parsed once at start-up; nothing reads the environment afterwards. Every error
+is a :class:`ConfigError` whose text names the key path and the problem
+(``upstreams[1].base_url: not a URL``). :func:`parse_config` is pure: the
+environment and a file reader are passed in.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from airgap_proxy import policy
+from airgap_proxy.targets import Target, TargetError, parse_target
+
+CONFIG_VERSION = 1
+ENV_AIRGAPPED = "AISOC_AIRGAPPED"
+ENV_BASE_URL = "LLM_BASE_URL"
+ENV_API_KEY = "LLM_API_KEY"
+ENV_MODEL = "LLM_MODEL"
+ENV_PROVIDER_TYPE = "LLM_PROVIDER_TYPE"
+ENV_CONFIG = "AIRGAP_PROXY_CONFIG"
+ENV_HOST = "AIRGAP_PROXY_HOST"
+ENV_PORT = "AIRGAP_PROXY_PORT"
+ENV_ADMIN_TOKEN = "AIRGAP_PROXY_ADMIN_TOKEN"
+ENV_SECRET_KEY = "AIRGAP_PROXY_SECRET_KEY"
+DEFAULT_UPSTREAM_NAME = "default"
+RESERVED_UPSTREAM_NAMES = frozenset({"deterministic"})
+REDACTED = "***"
+
+_URL_SHAPE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(Exception):
+    """A configuration mistake: ``path`` names the key, ``message`` the problem."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class ProviderType(enum.Enum):
+    LOCAL_OLLAMA = "local-ollama"
+    LOCAL_VLLM = "local-vllm"
+    LOCAL_LITELLM = "local-litellm"
+    LOCAL_LLAMACPP = "local-llamacpp"
+    LOCAL_OPENAI_COMPATIBLE = "local-openai-compatible"
+    # Hosted APIs: recognised so that they can be refused by type.
+    OPENAI = "openai"
+    AZURE_OPENAI = "azure-openai"
+    ANTHROPIC = "anthropic"
+    GOOGLE = "google"
+    BEDROCK = "bedrock"
+    MISTRAL = "mistral"
+    COHERE = "cohere"
+    GROQ = "groq"
+    TOGETHER = "together"
+    OPENROUTER = "openrouter"
+    DEEPSEEK = "deepseek"
+    XAI = "xai"
+    FIREWORKS = "fireworks"
+    PERPLEXITY = "perplexity"
+
+    @property
+    def is_hosted(self) -> bool:
+        return not self.value.startswith("local-")
+
+
+class LogFormat(enum.Enum):
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class FallbackMode(enum.Enum):
+    DETERMINISTIC = "deterministic"
+    ERROR = "error"
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """One configured upstream. ``target`` is None when the URL is policy-invalid."""
+
+    name: str
+    provider_type: ProviderType
+    base_url: str
+    target: Target | None
+    target_error: str | None
+    api_key: str | None = field(default=None, repr=False)
+    api_key_source: str = "none"
+    models: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval_s: float = 5.0
+    timeout_s: float = 2.0
+    unhealthy_after: int = 2
+    healthy_after: int = 1
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    mode: FallbackMode = FallbackMode.DETERMINISTIC
+    responses_file: str | None = None
+
+
+@dataclass(frozen=True)
+class TenantsConfig:
+    store: str = "tenants.db"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    token: str | None = field(default=None, repr=False)
+    token_env: str = ENV_ADMIN_TOKEN
+    token_file: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    connect_s: float = 5.0
+    upstream_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    format: LogFormat = LogFormat.AUTO
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: Listen = field(default_factory=Listen)
+    airgapped: bool = True
+    rules: policy.Rules = field(default_factory=policy.Rules)
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    default_model: str | None = None
+    health: HealthConfig = field(default_factory=HealthConfig)
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    tenants: TenantsConfig = field(default_factory=TenantsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    secret_key: str | None = field(default=None, repr=False)
+    source: str | None = None
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, secrets replaced by ``***``."""
+        return {
+            "source": self.source,
+            "listen": {"host": self.listen.host, "port": self.listen.port},
+            "airgapped": self.airgapped,
+            "policy": {
+                "allow_networks": [str(n) for n in self.rules.allow_networks],
+                "deny_networks": [str(n) for n in self.rules.deny_networks],
+                "allow_hosts": [p.pattern for p in self.rules.allow_hosts],
+                "deny_hosts_extra": [p.pattern for p in self.rules.deny_hosts if p.why == "deny_hosts"],
+            },
+            "upstreams": [
+                {
+                    "name": u.name,
+                    "provider_type": u.provider_type.value,
+                    "base_url": u.target.url if u.target else u.base_url,
+                    "api_key": REDACTED if u.api_key else None,
+                    "api_key_source": u.api_key_source,
+                    "models": list(u.models),
+                    "aliases": dict(u.aliases),
+                    "priority": u.priority,
+                }
+                for u in self.upstreams
+            ],
+            "default_model": self.default_model,
+            "health": {
+                "interval_s": self.health.interval_s,
+                "timeout_s": self.health.timeout_s,
+                "unhealthy_after": self.health.unhealthy_after,
+                "healthy_after": self.health.healthy_after,
+            },
+            "fallback": {"mode": self.fallback.mode.value, "responses_file": self.fallback.responses_file},
+            "tenants": {"store": self.tenants.store},
+            "admin": {"enabled": self.admin.token is not None, "token": REDACTED if self.admin.token else None},
+            "secret_key": REDACTED if self.secret_key else None,
+            "limits": {"max_body_bytes": self.limits.max_body_bytes},
+            "timeouts": {"connect_s": self.timeouts.connect_s, "upstream_s": self.timeouts.upstream_s},
+            "logging": {"format": self.logging.format.value, "level": self.logging.level},
+        }
+
+
+ReadFile = Callable[[str], str]
+
+
+def load_config(path: str | None, env: Mapping[str, str]) -> Config:
+    """Load the YAML file (``path`` or ``AIRGAP_PROXY_CONFIG``) and apply ``env``.
+
+    This is the one loader that ``serve`` and ``check-config`` both use.
+    """
+    path = path or env.get(ENV_CONFIG) or None
+    raw: object = None
+    if path is not None:
+        text = _read_file(path, "config")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise ConfigError(path, f"invalid YAML{where}: {problem}") from None
+    return parse_config(raw, env, _read_file_for_key, source=path)
+
+
+def _read_file(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(key, f"file {path!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read file {path!r}: {exc.__class__.__name__}") from None
+
+
+def _read_file_for_key(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, source: str | None = None) -> Config:
+    """Build a :class:`Config` from parsed YAML ``raw`` (or None) and ``env``."""
+    if raw is None:
+        raw = {}
+    root = _Section(raw, "", read_file)
+    version = root.get("version", int, CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise ConfigError("version", f"unsupported version {version} (expected {CONFIG_VERSION})")
+
+    listen = _parse_listen(root.section("listen"), env)
+    airgapped = root.get("airgapped", bool, True)
+    env_airgapped = env.get(ENV_AIRGAPPED, "").strip()
+    if env_airgapped:
+        airgapped = _env_bool(ENV_AIRGAPPED, env_airgapped)
+    rules = _parse_policy(root.section("policy"))
+    upstreams = _parse_upstreams(root, env)
+    default_model = root.get("default_model", str, None)
+    if env.get(ENV_MODEL, "").strip():
+        default_model = env[ENV_MODEL].strip()
+    health = _parse_health(root.section("health"))
+    fallback = _parse_fallback(root.section("fallback"))
+    tenants_section = root.section("tenants")
+    tenants = TenantsConfig(store=tenants_section.get("store", str, TenantsConfig.store))
+    tenants_section.finish()
+    admin = _parse_admin(root.section("admin"), env, read_file)
+    limits_section = root.section("limits")
+    max_body = limits_section.get("max_body_bytes", int, LimitsConfig.max_body_bytes)
+    if not 1024 <= max_body <= 1 << 30:
+        raise ConfigError("limits.max_body_bytes", "must be between 1024 and 1073741824")
+    limits_section.finish()
+    timeouts = _parse_timeouts(root.section("timeouts"))
+    logging_config = _parse_logging(root.section("logging"))
+    secret = env.get(ENV_SECRET_KEY) or None
+    root.finish()
+    return Config(
+        listen=listen,
+        airgapped=airgapped,
+        rules=rules,
+        upstreams=upstreams,
+        default_model=default_model,
+        health=health,
+        fallback=fallback,
+        tenants=tenants,
+        admin=admin,
+        limits=LimitsConfig(max_body_bytes=max_body),
+        timeouts=timeouts,
+        logging=logging_config,
+        secret_key=secret,
+        source=source,
+    )
+
+
+class _Section:
+    """A YAML mapping being read: typed getters, and unknown keys are errors."""
+
+    def __init__(self, raw: object, path: str, read_file: ReadFile):
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(path or "(top level)", f"expected a mapping, got {_kind(raw)}")
+        self.raw: dict[Any, Any] = raw
+        self.path = path
+        self.read_file = read_file
+        self.used: set[str] = set()
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return key in self.raw
+
+    def get(self, key: str, kind: type[Any], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.raw or self.raw[key] is None:
+            return default
+        value = self.raw[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is not bool and isinstance(value, bool):
+            raise ConfigError(self.key_path(key), f"expected {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise ConfigError(self.key_path(key), f"expected {_kind_name(kind)}, got {_kind(value)}")
+        return value
+
+    def get_list(self, key: str, default: tuple[Any, ...] | None) -> list[Any] | None:
+        value = self.get(key, list, None)
+        if value is None:
+            return None if default is None else list(default)
+        return list(value)
+
+    def section(self, key: str) -> _Section:
+        self.used.add(key)
+        return _Section(self.raw.get(key), self.key_path(key), self.read_file)
+
+    def finish(self) -> None:
+        for key in self.raw:
+            if not isinstance(key, str):
+                raise ConfigError(self.path or "(top level)", f"key {key!r} is not a string")
+            if key not in self.used:
+                known = ", ".join(sorted(self.used))
+                raise ConfigError(self.key_path(key), f"unknown key (known keys here: {known})")
+
+
+def _kind(value: object) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _kind_name(kind: type[Any]) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number", bool: "true or false"}[
+        kind
+    ]
+
+
+def _env_bool(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(name, f"expected true or false, got {value!r}")
+
+
+def _parse_port(path: str, value: object) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise ConfigError(path, f"expected a port number 0-65535, got {value!r}")
+    return value
+
+
+def _parse_listen(section: _Section, env: Mapping[str, str]) -> Listen:
+    host = section.get("host", str, Listen.host)
+    port = _parse_port(section.key_path("port"), section.get("port", int, Listen.port))
+    section.finish()
+    if env.get(ENV_HOST, "").strip():
+        host = env[ENV_HOST].strip()
+    if env.get(ENV_PORT, "").strip():
+        port = _parse_port(ENV_PORT, env[ENV_PORT])
+    return Listen(host=host, port=port)
+
+
+def _parse_networks(section: _Section, key: str, default: tuple[str, ...]) -> tuple[policy.Network, ...]:
+    items = section.get_list(key, default)
+    assert items is not None
+    networks = []
+    for index, item in enumerate(items):
+        path = f"{section.key_path(key)}[{index}]"
+        if not isinstance(item, str):
+            raise ConfigError(path, f"expected a CIDR string, got {_kind(item)}")
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=True))
+        except ValueError as exc:
+            raise ConfigError(path, f"not a network in CIDR notation ({exc})") from None
+    return tuple(networks)
+
+
+def _parse_host_patterns(section: _Section, key: str, default: tuple[str, ...], why: str) -> list[policy.HostPattern]:
+    items = section.get_list(key, default)
+    assert items is not None
+    patterns = []
+    for index, item in enumerate(items):
+        path = f"{section.key_path(key)}[{index}]"
+        if not isinstance(item, str):
+            raise ConfigError(path, f"expected a host name, got {_kind(item)}")
+        try:
+            patterns.append(policy.HostPattern(policy.validate_host_pattern(item), why))
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from None
+    return patterns
+
+
+def _parse_policy(section: _Section) -> policy.Rules:
+    allow_networks = _parse_networks(section, "allow_networks", policy.DEFAULT_ALLOW_NETWORKS)
+    extra_deny = _parse_networks(section, "deny_networks", ())
+    builtin_deny = tuple(ipaddress.ip_network(n) for n in policy.BUILTIN_DENY_NETWORKS)
+    deny_networks = builtin_deny + tuple(n for n in extra_deny if n not in builtin_deny)
+    allow_hosts = _parse_host_patterns(section, "allow_hosts", policy.DEFAULT_ALLOW_HOSTS, "")
+    extra_deny_hosts = _parse_host_patterns(section, "deny_hosts", (), "deny_hosts")
+    builtin_deny_hosts = [policy.HostPattern(p, w) for p, w in policy.BUILTIN_DENY_HOSTS]
+    for index, allowed in enumerate(allow_hosts):
+        probe = allowed.pattern.replace("*", "x")
+        for denied in builtin_deny_hosts + extra_deny_hosts:
+            if denied.matches(probe) or denied.pattern == allowed.pattern:
+                raise ConfigError(
+                    f"policy.allow_hosts[{index}]",
+                    f"{allowed.pattern} is on the deny list ({denied.why or 'deny_hosts'}); it can never be local",
+                )
+    section.finish()
+    return policy.Rules(
+        allow_networks=allow_networks,
+        deny_networks=deny_networks,
+        allow_hosts=tuple(allow_hosts),
+        deny_hosts=tuple(builtin_deny_hosts + extra_deny_hosts),
+    )
+
+
+def _parse_target(path: str, value: str) -> tuple[Target | None, str | None]:
+    if not _URL_SHAPE.match(value):
+        hint = f" (did you mean http://{value}?)" if value and "://" not in value else ""
+        raise ConfigError(path, f"not a URL{hint}")
+    try:
+        return parse_target(value), None
+    except TargetError as exc:
+        return None, str(exc)
+
+
+def _parse_secret(
+    section: _Section, env: Mapping[str, str], read_file: ReadFile, stem: str
+) -> tuple[str | None, str]:
+    """Read ``<stem>``, ``<stem>_env`` or ``<stem>_file`` (at most one)."""
+    inline = section.get(stem, str, None)
+    env_name = section.get(f"{stem}_env", str, None)
+    file_name = section.get(f"{stem}_file", str, None)
+    given = [k for k, v in ((stem, inline), (f"{stem}_env", env_name), (f"{stem}_file", file_name)) if v is not None]
+    if len(given) > 1:
+        raise ConfigError(section.key_path(given[1]), f"give only one of {stem}, {stem}_env, {stem}_file")
+    if inline is not None:
+        return inline or None, "inline"
+    if env_name is not None:
+        value = env.get(env_name) or None
+        return value, f"env {env_name}" + ("" if value else " (not set)")
+    if file_name is not None:
+        try:
+            value = read_file(file_name).strip()
+        except FileNotFoundError:
+            raise ConfigError(section.key_path(f"{stem}_file"), f"file {file_name!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                section.key_path(f"{stem}_file"), f"cannot read file {file_name!r}: {exc.__class__.__name__}"
+            ) from None
+        return value or None, f"file {file_name}"
+    return None, "none"
+
+
+def _parse_upstream(section: _Section, env: Mapping[str, str]) -> UpstreamConfig:
+    name = section.get("name", str, None)
+    if name is None:
+        raise ConfigError(section.key_path("name"), "is required")
+    if not _NAME_RE.match(name) or name in RESERVED_UPSTREAM_NAMES:
+        raise ConfigError(section.key_path("name"), f"{name!r} is not a valid upstream name (letters, digits, _ . -)")
+    provider_type = _parse_provider_type(
+        section.key_path("provider_type"), section.get("provider_type", str, ProviderType.LOCAL_OPENAI_COMPATIBLE.value)
+    )
+    base_url = section.get("base_url", str, None)
+    if base_url is None:
+        raise ConfigError(section.key_path("base_url"), "is required")
+    target, target_error = _parse_target(section.key_path("base_url"), base_url.strip())
+    api_key, key_source = _parse_secret(section, env, section.read_file, "api_key")
+    models = section.get_list("models", ())
+    assert models is not None
+    for index, model in enumerate(models):
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"{section.key_path('models')}[{index}]", "expected a model name or glob")
+    aliases_raw = section.get("aliases", dict, {})
+    aliases = []
+    for alias, model in aliases_raw.items():
+        if not isinstance(alias, str) or not isinstance(model, str) or not alias or not model:
+            raise ConfigError(section.key_path("aliases"), "expected a mapping of alias name to model name")
+        aliases.append((alias, model))
+    priority = section.get("priority", int, 0)
+    section.finish()
+    return UpstreamConfig(
+        name=name,
+        provider_type=provider_type,
+        base_url=base_url.strip(),
+        target=target,
+        target_error=target_error,
+        api_key=api_key,
+        api_key_source=key_source,
+        models=tuple(models),
+        aliases=tuple(aliases),
+        priority=priority,
+    )
+
+
+def _parse_provider_type(path: str, value: str) -> ProviderType:
+    try:
+        return ProviderType(value)
+    except ValueError:
+        known = ", ".join(p.value for p in ProviderType)
+        raise ConfigError(path, f"unknown provider type {value!r} (known: {known})") from None
+
+
+def _parse_upstreams(root: _Section, env: Mapping[str, str]) -> tuple[UpstreamConfig, ...]:
+    items = root.get_list("upstreams", ())
+    assert items is not None
+    upstreams = []
+    names: set[str] = set()
+    for index, item in enumerate(items):
+        upstream = _parse_upstream(_Section(item, f"upstreams[{index}]", root.read_file), env)
+        if upstream.name in names:
+            raise ConfigError(f"upstreams[{index}].name", f"duplicate upstream name {upstream.name!r}")
+        names.add(upstream.name)
+        upstreams.append(upstream)
+    base_url = env.get(ENV_BASE_URL, "").strip()
+    if base_url:
+        target, target_error = _parse_target(ENV_BASE_URL, base_url)
+        provider_raw = env.get(ENV_PROVIDER_TYPE, "").strip() or ProviderType.LOCAL_OPENAI_COMPATIBLE.value
+        provider_type = _parse_provider_type(ENV_PROVIDER_TYPE, provider_raw)
+        key = env.get(ENV_API_KEY) or None
+        existing = next((u for u in upstreams if u.name == DEFAULT_UPSTREAM_NAME), None)
+        default = UpstreamConfig(
+            name=DEFAULT_UPSTREAM_NAME,
+            provider_type=provider_type if ENV_PROVIDER_TYPE in env or existing is None else existing.provider_type,
+            base_url=base_url,
+            target=target,
+            target_error=target_error,
+            api_key=key if key is not None or existing is None else existing.api_key,
+            api_key_source=f"env {ENV_API_KEY}" if key else (existing.api_key_source if existing else "none"),
+            models=existing.models if existing else (),
+            aliases=existing.aliases if existing else (),
+            priority=existing.priority if existing else min((u.priority for u in upstreams), default=0),
+        )
+        upstreams = [default] + [u for u in upstreams if u.name != DEFAULT_UPSTREAM_NAME]
+    return tuple(upstreams)
+
+
+def _positive(section: _Section, key: str, default: float) -> float:
+    value = section.get(key, float, default)
+    if not value > 0:
+        raise ConfigError(section.key_path(key), f"must be greater than 0, got {value}")
+    return float(value)
+
+
+def _at_least_one(section: _Section, key: str, default: int) -> int:
+    value = section.get(key, int, default)
+    if value < 1:
+        raise ConfigError(section.key_path(key), f"must be at least 1, got {value}")
+    return int(value)
+
+
+def _parse_health(section: _Section) -> HealthConfig:
+    config = HealthConfig(
+        interval_s=_positive(section, "interval_s", HealthConfig.interval_s),
+        timeout_s=_positive(section, "timeout_s", HealthConfig.timeout_s),
+        unhealthy_after=_at_least_one(section, "unhealthy_after", HealthConfig.unhealthy_after),
+        healthy_after=_at_least_one(section, "healthy_after", HealthConfig.healthy_after),
+    )
+    section.finish()
+    return config
+
+
+def _parse_fallback(section: _Section) -> FallbackConfig:
+    mode_raw = section.get("mode", str, FallbackMode.DETERMINISTIC.value)
+    try:
+        mode = FallbackMode(mode_raw)
+    except ValueError:
+        raise ConfigError(section.key_path("mode"), f"expected deterministic or error, got {mode_raw!r}") from None
+    responses_file = section.get("responses_file", str, None)
+    section.finish()
+    return FallbackConfig(mode=mode, responses_file=responses_file)
+
+
+def _parse_admin(section: _Section, env: Mapping[str, str], read_file: ReadFile) -> AdminConfig:
+    token_env = section.get("token_env", str, ENV_ADMIN_TOKEN)
+    token_file = section.get("token_file", str, None)
+    section.finish()
+    token = env.get(token_env) or None
+    if token is None and token_file is not None:
+        try:
+            token = read_file(token_file).strip() or None
+        except FileNotFoundError:
+            raise ConfigError("admin.token_file", f"file {token_file!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("admin.token_file", f"cannot read file {token_file!r}: {exc.__class__.__name__}") from None
+    if token is not None and len(token) < 16:
+        raise ConfigError(token_env if env.get(token_env) else "admin.token_file", "admin token must be at least 16 characters")
+    return AdminConfig(token=token, token_env=token_env, token_file=token_file)
+
+
+def _parse_timeouts(section: _Section) -> TimeoutsConfig:
+    config = TimeoutsConfig(
+        connect_s=_positive(section, "connect_s", TimeoutsConfig.connect_s),
+        upstream_s=_positive(section, "upstream_s", TimeoutsConfig.upstream_s),
+    )
+    section.finish()
+    return config
+
+
+def _parse_logging(section: _Section) -> LoggingConfig:
+    fmt_raw = section.get("format", str, LogFormat.AUTO.value)
+    try:
+        fmt = LogFormat(fmt_raw)
+    except ValueError:
+        raise ConfigError(section.key_path("format"), f"expected auto, json or console, got {fmt_raw!r}") from None
+    level = section.get("level", str, "info").lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(section.key_path("level"), f"expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    section.finish()
+    return LoggingConfig(format=fmt, level=level)

@@ -1,0 +1,102 @@
+"""One shallow error tree; each class knows its HTTP status and OpenAI code.
+
+Errors become HTTP responses in exactly one place,
+:func:`airgap_proxy.middleware.error_middleware`, using :meth:`ProxyError.envelope`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ProxyError(Exception):
+    """Base of every error a client may see. ``message`` is safe to show."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
+
+class AirgapViolation(ProxyError):
+    """The target is external or invalid while air-gapped mode is on."""
+
+    status = 422
+    type = "airgap_violation"
+    code = "airgap_violation"
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request_error"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    type = "invalid_request_error"
+    code = "unauthorized"
+
+
+class Forbidden(ProxyError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
+class NotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTooLarge(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamError(ProxyError):
+    """The upstream could not be reached or failed before answering."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class NoHealthyUpstream(ProxyError):
+    status = 503
+    type = "server_error"
+    code = "no_healthy_upstream"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+class InternalError(ProxyError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"

@@ -1,0 +1,93 @@
+"""Header hygiene between client, proxy and upstream (pure).
+
+Towards the upstream: hop-by-hop headers (and those named in ``Connection``)
+are dropped, every client credential is dropped (``Authorization``,
+``Proxy-Authorization``, ``Cookie``, ``api-key``, ``x-api-key``), the
+upstream's own key is injected, and ``X-Request-ID`` is set.
+Towards the client: hop-by-hop headers, framing headers and cookies are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+CLIENT_ONLY = frozenset(
+    {
+        "host",
+        "authorization",
+        "cookie",
+        "api-key",
+        "x-api-key",
+        "content-length",
+        "accept-encoding",
+        "expect",
+        "x-request-id",
+        "x-forwarded-for",
+        "forwarded",
+    }
+)
+UPSTREAM_ONLY = frozenset({"content-length", "set-cookie", "server", "date", "x-request-id"})
+REQUEST_ID_HEADER = "X-Request-ID"
+UPSTREAM_HEADER = "X-Airgap-Upstream"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _connection_listed(headers: Mapping[str, str]) -> set[str]:
+    listed: set[str] = set()
+    for value in headers.getall("Connection", []) if isinstance(headers, (CIMultiDict, CIMultiDictProxy)) else [
+        headers.get("Connection", "")
+    ]:
+        listed.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return listed
+
+
+def _filtered(headers: Mapping[str, str], drop: Iterable[str]) -> CIMultiDict[str]:
+    dropped = HOP_BY_HOP | frozenset(drop) | _connection_listed(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    items = headers.items()
+    for name, value in items:
+        lowered = name.lower()
+        if lowered in dropped or lowered.startswith("x-airgap-"):
+            continue
+        out.add(name, value)
+    return out
+
+
+def upstream_request_headers(
+    client_headers: Mapping[str, str], api_key: str | None, request_id: str
+) -> CIMultiDict[str]:
+    """Headers to send upstream for a client's request."""
+    out = _filtered(client_headers, CLIENT_ONLY)
+    if api_key:
+        out["Authorization"] = f"Bearer {api_key}"
+    out[REQUEST_ID_HEADER] = request_id
+    return out
+
+
+def client_response_headers(upstream_headers: Mapping[str, str]) -> CIMultiDict[str]:
+    """Headers of an upstream response that are passed on to the client."""
+    return _filtered(upstream_headers, UPSTREAM_ONLY)
+
+
+def valid_request_id(value: str | None) -> str | None:
+    """The client's ``X-Request-ID`` if it is safe to echo and log, else None."""
+    if value and _REQUEST_ID_RE.match(value):
+        return value
+    return None

@@ -1,0 +1,95 @@
+"""What the proxy needs to know about an OpenAI request body (pure).
+
+The body is forwarded as the original bytes; it is only re-serialised when the
+model name must change (default model, alias).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from airgap_proxy.errors import InvalidRequest
+
+# Endpoint (path after /v1/) -> field that must be present.
+REQUIRED_FIELDS = {
+    "chat/completions": "messages",
+    "completions": "prompt",
+    "embeddings": "input",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """The parsed facts of a request: model, whether it streams, the JSON object."""
+
+    model: str | None
+    stream: bool
+    data: dict[str, Any] | None
+
+
+def parse_payload(endpoint: str, method: str, body: bytes, content_type: str) -> Payload:
+    """Validate an OpenAI request body enough to route it.
+
+    The three core endpoints require a JSON object with their main field; any
+    other ``/v1`` path is passed through, and its model is read if it has one.
+    """
+    required = REQUIRED_FIELDS.get(endpoint) if method == "POST" else None
+    if required is None:
+        return _optional_payload(body, content_type)
+    if not body:
+        raise InvalidRequest("The request body is empty; expected a JSON object")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("The request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    if required not in data or data[required] is None:
+        raise InvalidRequest(f"Missing required parameter: '{required}'", param=required)
+    if required == "messages" and (not isinstance(data["messages"], list) or not data["messages"]):
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+    return Payload(model=_model(data), stream=_stream(data), data=data)
+
+
+def _optional_payload(body: bytes, content_type: str) -> Payload:
+    if not body or "json" not in content_type:
+        return Payload(model=None, stream=False, data=None)
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return Payload(model=None, stream=False, data=None)
+    if not isinstance(data, dict):
+        return Payload(model=None, stream=False, data=None)
+    model = data.get("model")
+    stream = data.get("stream")
+    return Payload(
+        model=model if isinstance(model, str) else None, stream=stream is True, data=data
+    )
+
+
+def _model(data: dict[str, Any]) -> str | None:
+    model = data.get("model")
+    if model is None:
+        return None
+    if not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string", param="model")
+    return model
+
+
+def _stream(data: dict[str, Any]) -> bool:
+    stream = data.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream")
+    return stream
+
+
+def with_model(payload: Payload, model: str) -> bytes:
+    """The body re-serialised with ``model`` replaced."""
+    assert payload.data is not None
+    data = dict(payload.data)
+    data["model"] = model
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()

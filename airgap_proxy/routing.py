@@ -1,0 +1,102 @@
+"""Routing: which upstreams may serve a request's model (pure).
+
+1. ``default`` or no model maps to the configured default model (``LLM_MODEL``).
+2. An alias on an upstream maps the model to that upstream's real name.
+3. An upstream serves a model when its ``models`` list is empty (serves
+   anything) or one of its exact names / globs matches.
+4. Candidates are ordered by priority (lower first), then by configuration
+   order. None configured: 503 ``no_healthy_upstream``; none serving the
+   model: 404 ``model_not_found``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from airgap_proxy import policy
+from airgap_proxy.config import UpstreamConfig
+from airgap_proxy.errors import ModelNotFound, NoHealthyUpstream
+
+DEFAULT_MODEL_NAMES = frozenset({"", "default"})
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An upstream that can serve the request, and the model name to send it."""
+
+    upstream: UpstreamConfig
+    model: str | None
+
+
+def requested_model(model: str | None, default_model: str | None) -> str | None:
+    """The model a request asks for after the default is applied."""
+    if model is None or model in DEFAULT_MODEL_NAMES:
+        return default_model if default_model is not None else model
+    return model
+
+
+def serves(upstream: UpstreamConfig, model: str) -> str | None:
+    """The model name ``upstream`` would receive for ``model``, or None."""
+    for alias, target in upstream.aliases:
+        if alias == model:
+            return target
+    if not upstream.models:
+        return model
+    for pattern in upstream.models:
+        if pattern == model or fnmatchcase(model, pattern):
+            return model
+    return None
+
+
+def route(upstreams: tuple[UpstreamConfig, ...], model: str | None) -> list[Candidate]:
+    """Candidates for ``model`` in the order they should be tried."""
+    if not upstreams:
+        raise NoHealthyUpstream("no upstream is configured (set LLM_BASE_URL or upstreams in the config file)")
+    ordered = sorted(upstreams, key=lambda u: u.priority)
+    if model is None:
+        return [Candidate(u, None) for u in ordered]
+    found = []
+    for upstream in ordered:
+        name = serves(upstream, model)
+        if name is not None:
+            found.append(Candidate(upstream, name))
+    if not found:
+        raise ModelNotFound(f"The model `{model}` does not exist or is not served by any upstream", param="model")
+    return found
+
+
+REASON_HOSTED_TYPE = "provider_type {provider_type} is a hosted LLM API"
+
+
+def static_decision(upstream: UpstreamConfig, rules: policy.Rules) -> policy.Decision | None:
+    """The load-time verdict of an upstream; None means "check at connect time".
+
+    1. A hosted ``provider_type`` is external whatever its URL.
+    2. A base URL the parser rejects is invalid.
+    3. Otherwise the policy's static steps (deny list, IP literal, allow_hosts).
+    """
+    if upstream.provider_type.is_hosted:
+        return policy.Decision(
+            policy.Verdict.EXTERNAL,
+            REASON_HOSTED_TYPE.format(provider_type=upstream.provider_type.value),
+            policy.Rule.DENY_HOST,
+        )
+    if upstream.target is None:
+        return policy.Decision(
+            policy.Verdict.INVALID,
+            policy.REASON_INVALID.format(detail=upstream.target_error),
+            policy.Rule.PARSE,
+        )
+    return policy.classify_static(upstream.target, rules)
+
+
+def full_decision(
+    upstream: UpstreamConfig, rules: policy.Rules, resolve: policy.Resolve | None
+) -> policy.Decision:
+    """The verdict of an upstream including name resolution (for reports)."""
+    decision = static_decision(upstream, rules)
+    if decision is not None:
+        return decision
+    assert upstream.target is not None
+    return policy.classify_target(upstream.target, rules, resolve)

@@ -17,6 +17,8 @@ import yaml
 
 from airgap_proxy import __version__, policy, routing
 from airgap_proxy.config import Config, ConfigError, load_config
+from airgap_proxy.egress import system_resolve
+from airgap_proxy.server import run
 
 EXIT_OK = 0
 EXIT_NOT_LOCAL = 1
@@ -66,15 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
-    from airgap_proxy.server import run  # imported late: aiohttp is not needed by classify
-
     config = load_config(args.config, env)
     return run(config, host=args.host, port=args.port)
 
 
 def _classify(args: argparse.Namespace, env: dict[str, str]) -> int:
-    from airgap_proxy.egress import system_resolve
-
     config = load_config(args.config, env) if args.config else Config()
     resolve = None if args.no_resolve else system_resolve
     status = EXIT_OK
@@ -101,8 +99,6 @@ def _decision_json(url: str, decision: policy.Decision) -> dict[str, Any]:
 
 
 def _check_config(args: argparse.Namespace, env: dict[str, str]) -> int:
-    from airgap_proxy.egress import system_resolve
-
     config = load_config(args.config, env)
     report = config.redacted()
     status = EXIT_OK
@@ -123,6 +119,10 @@ def _check_config(args: argparse.Namespace, env: dict[str, str]) -> int:
         for item in verdicts:
             print(f"  {item['upstream']}: {item['verdict']} - {item['reason']}")
     mode = "air-gapped (enforcing)" if config.airgapped else "report-only (NOT enforcing)"
-    print(f"config OK; mode: {mode}" if status == EXIT_OK else f"config loads, but an upstream is not local; mode: {mode}",
-          file=sys.stderr)
+    print(
+        f"config OK; mode: {mode}"
+        if status == EXIT_OK
+        else f"config loads, but an upstream is not local; mode: {mode}",
+        file=sys.stderr,
+    )
     return status

@@ -30,8 +30,8 @@ ENV_PROVIDER_TYPE = "LLM_PROVIDER_TYPE"
 ENV_CONFIG = "AIRGAP_PROXY_CONFIG"
 ENV_HOST = "AIRGAP_PROXY_HOST"
 ENV_PORT = "AIRGAP_PROXY_PORT"
-ENV_ADMIN_TOKEN = "AIRGAP_PROXY_ADMIN_TOKEN"
-ENV_SECRET_KEY = "AIRGAP_PROXY_SECRET_KEY"
+ENV_ADMIN_TOKEN = "AIRGAP_PROXY_ADMIN_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_SECRET_KEY = "AIRGAP_PROXY_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
 DEFAULT_UPSTREAM_NAME = "default"
 RESERVED_UPSTREAM_NAMES = frozenset({"deterministic"})
 REDACTED = "***"
@@ -355,15 +355,25 @@ class _Section:
 
 
 def _kind(value: object) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+    }.get(type(value), type(value).__name__)
 
 
 def _kind_name(kind: type[Any]) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number", bool: "true or false"}[
-        kind
-    ]
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+    }[kind]
 
 
 def _env_bool(name: str, value: str) -> bool:
@@ -376,7 +386,8 @@ def _env_bool(name: str, value: str) -> bool:
 
 
 def _parse_port(path: str, value: object) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    # isdigit() alone accepts digits int() rejects ('²'): ASCII digits only.
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
         raise ConfigError(path, f"expected a port number 0-65535, got {value!r}")
@@ -451,7 +462,7 @@ def _parse_policy(section: _Section) -> policy.Rules:
 
 def _parse_target(path: str, value: str) -> tuple[Target | None, str | None]:
     if not _URL_SHAPE.match(value):
-        hint = f" (did you mean http://{value}?)" if value and "://" not in value else ""
+        hint = f" (did you mean {_display_url(f'http://{value}', None)}?)" if value and "://" not in value else ""
         raise ConfigError(path, f"not a URL{hint}")
     try:
         return parse_target(value), None
@@ -459,9 +470,21 @@ def _parse_target(path: str, value: str) -> tuple[Target | None, str | None]:
         return None, str(exc)
 
 
-def _parse_secret(
-    section: _Section, env: Mapping[str, str], read_file: ReadFile, stem: str
-) -> tuple[str | None, str]:
+def _display_url(url: str, target: Target | None) -> str:
+    """``url`` safe to show: a rejected URL may carry a password as userinfo.
+
+    A URL the parser accepted has no userinfo, so it is shown as given; in a
+    rejected one everything up to the last ``@`` is masked (over-masking is safe).
+    """
+    if target is not None or "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return f"{REDACTED}@{url.rsplit('@', 1)[1]}"
+    return f"{scheme}://{REDACTED}@{rest.rsplit('@', 1)[1]}"
+
+
+def _parse_secret(section: _Section, env: Mapping[str, str], read_file: ReadFile, stem: str) -> tuple[str | None, str]:
     """Read ``<stem>``, ``<stem>_env`` or ``<stem>_file`` (at most one)."""
     inline = section.get(stem, str, None)
     env_name = section.get(f"{stem}_env", str, None)
@@ -517,7 +540,7 @@ def _parse_upstream(section: _Section, env: Mapping[str, str]) -> UpstreamConfig
     return UpstreamConfig(
         name=name,
         provider_type=provider_type,
-        base_url=base_url.strip(),
+        base_url=_display_url(base_url.strip(), target),
         target=target,
         target_error=target_error,
         api_key=api_key,
@@ -553,11 +576,12 @@ def _parse_upstreams(root: _Section, env: Mapping[str, str]) -> tuple[UpstreamCo
         provider_raw = env.get(ENV_PROVIDER_TYPE, "").strip() or ProviderType.LOCAL_OPENAI_COMPATIBLE.value
         provider_type = _parse_provider_type(ENV_PROVIDER_TYPE, provider_raw)
         key = env.get(ENV_API_KEY) or None
+        type_given = bool(env.get(ENV_PROVIDER_TYPE, "").strip())
         existing = next((u for u in upstreams if u.name == DEFAULT_UPSTREAM_NAME), None)
         default = UpstreamConfig(
             name=DEFAULT_UPSTREAM_NAME,
-            provider_type=provider_type if ENV_PROVIDER_TYPE in env or existing is None else existing.provider_type,
-            base_url=base_url,
+            provider_type=provider_type if type_given or existing is None else existing.provider_type,
+            base_url=_display_url(base_url, target),
             target=target,
             target_error=target_error,
             api_key=key if key is not None or existing is None else existing.api_key,
@@ -617,9 +641,13 @@ def _parse_admin(section: _Section, env: Mapping[str, str], read_file: ReadFile)
         except FileNotFoundError:
             raise ConfigError("admin.token_file", f"file {token_file!r} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError("admin.token_file", f"cannot read file {token_file!r}: {exc.__class__.__name__}") from None
+            raise ConfigError(
+                "admin.token_file", f"cannot read file {token_file!r}: {exc.__class__.__name__}"
+            ) from None
     if token is not None and len(token) < 16:
-        raise ConfigError(token_env if env.get(token_env) else "admin.token_file", "admin token must be at least 16 characters")
+        raise ConfigError(
+            token_env if env.get(token_env) else "admin.token_file", "admin token must be at least 16 characters"
+        )
     return AdminConfig(token=token, token_env=token_env, token_file=token_file)
 
 

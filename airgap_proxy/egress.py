@@ -29,6 +29,7 @@ from yarl import URL
 
 from airgap_proxy import policy
 from airgap_proxy.errors import AirgapViolation, UpstreamError, UpstreamTimeout
+from airgap_proxy.targets import IPAddress
 
 OnWouldBlock = Callable[[policy.Decision], None]
 
@@ -154,7 +155,7 @@ class EgressClient:
         *,
         headers: Mapping[str, str],
         body: bytes | None,
-        timeout: aiohttp.ClientTimeout | None = None,
+        request_timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one request; the caller must release the returned response.
 
@@ -170,7 +171,7 @@ class EgressClient:
                 headers=headers,
                 data=body,
                 allow_redirects=False,
-                timeout=timeout or self._timeout,
+                timeout=request_timeout or self._timeout,
             )
         except BaseException as exc:
             raise translate_error(exc) from exc
@@ -207,13 +208,13 @@ def translate_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def system_resolve(host: str) -> list[policy.IPAddress]:
+def system_resolve(host: str) -> list[IPAddress]:
     """Resolve ``host`` with the system resolver (blocking; for the CLI)."""
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         raise policy.ResolutionError(host) from exc
-    addresses: list[policy.IPAddress] = []
+    addresses: list[IPAddress] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if address not in addresses:

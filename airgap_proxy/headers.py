@@ -51,9 +51,11 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 def _connection_listed(headers: Mapping[str, str]) -> set[str]:
     listed: set[str] = set()
-    for value in headers.getall("Connection", []) if isinstance(headers, (CIMultiDict, CIMultiDictProxy)) else [
-        headers.get("Connection", "")
-    ]:
+    for value in (
+        headers.getall("Connection", [])
+        if isinstance(headers, (CIMultiDict, CIMultiDictProxy))
+        else [headers.get("Connection", "")]
+    ):
         listed.update(token.strip().lower() for token in value.split(",") if token.strip())
     return listed
 

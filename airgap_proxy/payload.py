@@ -64,9 +64,7 @@ def _optional_payload(body: bytes, content_type: str) -> Payload:
         return Payload(model=None, stream=False, data=None)
     model = data.get("model")
     stream = data.get("stream")
-    return Payload(
-        model=model if isinstance(model, str) else None, stream=stream is True, data=data
-    )
+    return Payload(model=model if isinstance(model, str) else None, stream=stream is True, data=data)
 
 
 def _model(data: dict[str, Any]) -> str | None:

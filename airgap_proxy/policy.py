@@ -195,14 +195,12 @@ def host_matches(pattern: str, host: str) -> bool:
     if p_labels[0] == "*":
         # Leading multi-label wildcard followed by more wildcards: try every split.
         rest = p_labels[1:]
-        return any(
-            _labels_match(rest, h_labels[i:]) for i in range(1, len(h_labels) - len(rest) + 1)
-        )
+        return any(_labels_match(rest, h_labels[i:]) for i in range(1, len(h_labels) - len(rest) + 1))
     return _labels_match(p_labels, h_labels)
 
 
 def _labels_match(pattern: Sequence[str], host: Sequence[str]) -> bool:
-    return len(pattern) == len(host) and all(p in ("*", h) for p, h in zip(pattern, host))
+    return len(pattern) == len(host) and all(p in ("*", h) for p, h in zip(pattern, host, strict=False))
 
 
 def validate_host_pattern(raw: str) -> str:
@@ -210,7 +208,7 @@ def validate_host_pattern(raw: str) -> str:
     if not isinstance(raw, str) or not raw:
         raise ValueError("must be a non-empty host name or '*.suffix'")
     text = raw.strip().lower()
-    if text == "*" or text == "*.":
+    if text in {"*", "*."}:
         raise ValueError("a bare '*' would match every host")
     labels = text.split(".")
     wildcard = labels[0] == "*"
@@ -285,9 +283,10 @@ def check_addresses(host: str, addresses: Iterable[IPAddress], rules: Rules) -> 
                 return Decision(Verdict.EXTERNAL, reason, Rule.DENY_NETWORK, host, texts)
             if _first_containing(rules.allow_networks, candidate) is None:
                 if kind:
-                    reason = REASON_EMBEDDED.format(
-                        address=shown, host=host, embedded=candidate.compressed, kind=kind
-                    ) + ", which is not in allow_networks"
+                    reason = (
+                        REASON_EMBEDDED.format(address=shown, host=host, embedded=candidate.compressed, kind=kind)
+                        + ", which is not in allow_networks"
+                    )
                 else:
                     reason = REASON_NOT_ALLOWED.format(address=shown, host=host)
                 return Decision(Verdict.EXTERNAL, reason, Rule.NOT_ALLOWED_NETWORK, host, texts)

@@ -91,9 +91,7 @@ def static_decision(upstream: UpstreamConfig, rules: policy.Rules) -> policy.Dec
     return policy.classify_static(upstream.target, rules)
 
 
-def full_decision(
-    upstream: UpstreamConfig, rules: policy.Rules, resolve: policy.Resolve | None
-) -> policy.Decision:
+def full_decision(upstream: UpstreamConfig, rules: policy.Rules, resolve: policy.Resolve | None) -> policy.Decision:
     """The verdict of an upstream including name resolution (for reports)."""
     decision = static_decision(upstream, rules)
     if decision is not None:

@@ -16,7 +16,7 @@ SHUTDOWN_GRACE_S = 10.0
 
 def _loop_factory() -> asyncio.AbstractEventLoop:
     try:
-        import uvloop
+        import uvloop  # noqa: PLC0415 - optional on platforms without it
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from airgap_proxy import policy
+from airgap_proxy.audit import Audit
 from airgap_proxy.config import Config
 from airgap_proxy.egress import EgressClient
 
@@ -26,4 +27,4 @@ class AppState:
 
 
 STATE = web.AppKey("state", AppState)
-AUDIT_KEY = "airgap_audit"
+AUDIT_KEY = web.RequestKey("audit", Audit)

@@ -237,6 +237,10 @@ def _parse_ipv4_if_numeric(host: str) -> ipaddress.IPv4Address | None:
 
 
 def _parse_ipv4_number(part: str, host: str) -> int:
+    # int() also accepts '_', '+' and '-' ('1_27', '+1', '11.-256.0.1'), which no
+    # other IPv4 parser does: every part must be plain digits or 0x-hex.
+    if not _NUMERIC_LABEL_RE.fullmatch(part):
+        raise TargetError(f"host {host!r} is not a valid IPv4 address")
     try:
         if part[:2] in ("0x", "0X"):
             if len(part) == 2:

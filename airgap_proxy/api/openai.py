@@ -23,7 +23,7 @@ from aiohttp import web
 from airgap_proxy import payload as payload_mod
 from airgap_proxy import policy, routing
 from airgap_proxy.audit import Action, Audit
-from airgap_proxy.errors import AirgapViolation, InvalidRequest, ProxyError, RequestTooLarge
+from airgap_proxy.errors import AirgapViolation, InvalidRequest, ProxyError, RequestTooLarge, UpstreamError
 from airgap_proxy.headers import (
     REQUEST_ID_HEADER,
     UPSTREAM_HEADER,
@@ -69,7 +69,7 @@ def upstream_url(base: str, tail: str, query: str) -> str:
 
 async def proxy_v1(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    audit: Audit = request[AUDIT_KEY]
+    audit = request[AUDIT_KEY]
     config = state.config
     tail = upstream_path(request.rel_url.raw_path)
     body = await read_body(request, config.limits.max_body_bytes)
@@ -121,6 +121,9 @@ async def _apply_policy(state: AppState, name: str, audit: Audit) -> None:
 async def _relay(
     request: web.Request, state: AppState, upstream: aiohttp.ClientResponse, audit: Audit
 ) -> web.StreamResponse:
+    if 300 <= upstream.status < 400 and upstream.status != 304:
+        # Never followed, and never handed to the client to follow either.
+        raise UpstreamError(f"upstream answered with a redirect ({upstream.status}), which is never followed")
     headers = client_response_headers(upstream.headers)
     headers[REQUEST_ID_HEADER] = audit.request_id
     headers[UPSTREAM_HEADER] = audit.upstream or ""

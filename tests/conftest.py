@@ -1,0 +1,174 @@
+"""Shared fixtures: real servers on 127.0.0.1 and a clean environment."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from airgap_proxy.app import create_app
+from airgap_proxy.config import Config, parse_config
+from tests.fakes import FakeUpstream
+
+PROXY_ENV_VARS = (
+    "AISOC_AIRGAPPED",
+    "LLM_BASE_URL",
+    "LLM_API_KEY",
+    "LLM_MODEL",
+    "LLM_PROVIDER_TYPE",
+    "AIRGAP_PROXY_CONFIG",
+    "AIRGAP_PROXY_HOST",
+    "AIRGAP_PROXY_PORT",
+    "AIRGAP_PROXY_ADMIN_TOKEN",
+    "AIRGAP_PROXY_SECRET_KEY",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def make_config(raw: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    def no_files(path: str) -> str:
+        raise FileNotFoundError(path)
+
+    return parse_config(dict(raw or {}), dict(env or {}), no_files)
+
+
+class FakeResolver(AbstractResolver):
+    """Answers from a table; each name may have a sequence of answers (rebinding)."""
+
+    def __init__(self, table: Mapping[str, Sequence[Sequence[str]] | Sequence[str]]):
+        self.answers: dict[str, list[list[str]]] = {}
+        for name, value in table.items():
+            if value and isinstance(value[0], str):
+                self.answers[name] = [list(value)]  # type: ignore[arg-type]
+            else:
+                self.answers[name] = [list(v) for v in value]
+        self.calls: list[str] = []
+
+    def lookup(self, host: str) -> list[str]:
+        self.calls.append(host)
+        answers = self.answers.get(host)
+        if not answers:
+            raise OSError(f"{host} does not resolve")
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results: list[ResolveResult] = []
+        for address in self.lookup(host):
+            fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+            results.append({"hostname": host, "host": address, "port": port, "family": fam, "proto": 0, "flags": 0})
+        return results
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class Recorder:
+    """A TCP listener that only counts connection attempts."""
+
+    host: str
+    port: int
+    connections: int = 0
+
+
+@pytest.fixture
+async def recorder() -> Any:
+    """Factory: start a connection-counting listener on a loopback address."""
+    servers: list[asyncio.AbstractServer] = []
+
+    async def start(host: str = "127.0.0.2") -> Recorder:
+        rec = Recorder(host, 0)
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            rec.connections += 1
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, host, 0)
+        rec.port = server.sockets[0].getsockname()[1]
+        servers.append(server)
+        return rec
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> tuple[FakeUpstream, str]:
+    """A fake OpenAI upstream on 127.0.0.1:0; returns (instrument, base_url)."""
+    fake = FakeUpstream()
+    server = await aiohttp_server(fake.app())
+    return fake, f"http://127.0.0.1:{server.port}/v1"
+
+
+class ThreadedServers:
+    """Upstream and proxy running on their own event loop in a thread (for sync clients)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runners: list[web.AppRunner] = []
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    async def _start(self, app: web.Application, host: str) -> int:
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        self.runners.append(runner)
+        server = site._server
+        assert server is not None
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    def start(self, app: web.Application, host: str = "127.0.0.1") -> int:
+        return int(self.call(self._start(app, host)))
+
+    def start_proxy(self, config: Config, **kwargs: Any) -> str:
+        port = self.start(create_app(config, **kwargs))
+        return f"http://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for runner in reversed(self.runners):
+                await runner.cleanup()
+
+        self.call(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+@pytest.fixture
+def threaded() -> Iterator[ThreadedServers]:
+    servers = ThreadedServers()
+    yield servers
+    servers.close()
+
+
+ConfigFactory = Callable[..., Config]

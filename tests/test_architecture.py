@@ -1,0 +1,127 @@
+"""Architecture rules, enforced on the source with ``ast``.
+
+1. The pure core imports nothing that does I/O, reads the clock or the environment.
+2. Only the egress module creates an HTTP client session or connector.
+3. No module outside the edges reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "airgap_proxy"
+PURE = ["targets", "policy", "routing", "payload", "headers", "errors", "audit"]
+IO_MODULES = {
+    "aiohttp",
+    "asyncio",
+    "socket",
+    "ssl",
+    "http",
+    "urllib",
+    "requests",
+    "httpx",
+    "time",
+    "datetime",
+    "random",
+    "secrets",
+    "uuid",
+    "os",
+    "subprocess",
+    "logging",
+    "structlog",
+    "sqlite3",
+    "pathlib",
+    "threading",
+}
+CLIENT_FACTORIES = {"ClientSession", "TCPConnector", "UnixConnector", "request", "open_connection", "create_connection"}
+
+
+def module_source(name: str) -> ast.Module:
+    return ast.parse((PACKAGE / f"{name}.py").read_text(), filename=f"{name}.py")
+
+
+def imported_roots(tree: ast.Module) -> set[str]:
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def imported_package_modules(tree: ast.Module) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "airgap_proxy":
+                found.update(alias.name for alias in node.names)
+            elif node.module.startswith("airgap_proxy."):
+                found.add(node.module.split(".")[1])
+    return found
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_pure_modules_do_no_io(name: str) -> None:
+    tree = module_source(name)
+    assert not (imported_roots(tree) & IO_MODULES), imported_roots(tree) & IO_MODULES
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            assert node.id not in {"open", "print", "input", "hash"}, f"{name} uses {node.id}"
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_pure_modules_import_only_pure_modules(name: str) -> None:
+    allowed = set(PURE) | {"config", "__version__"}
+    assert imported_package_modules(module_source(name)) <= allowed
+
+
+def test_config_parsing_does_not_read_the_environment() -> None:
+    tree = module_source("config")
+    assert not (imported_roots(tree) & (IO_MODULES - {"pathlib"}))
+    for node in ast.walk(tree):
+        assert not (isinstance(node, ast.Attribute) and node.attr == "environ"), "config reads os.environ"
+
+
+def test_only_the_egress_module_creates_clients() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "egress.py":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+                if name in CLIENT_FACTORIES and not _is_method_on_egress(func):
+                    offenders.append(f"{path.name}:{node.lineno} {name}")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names]
+                if "ClientSession" in names or "TCPConnector" in names:
+                    offenders.append(f"{path.name}:{node.lineno} imports {names}")
+    assert offenders == []
+
+
+def _is_method_on_egress(func: ast.expr) -> bool:
+    """``state.egress.request(...)`` is the egress client itself."""
+    return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute) and func.value.attr == "egress"
+
+
+def test_egress_module_disables_redirects_and_proxy_env() -> None:
+    source = (PACKAGE / "egress.py").read_text()
+    assert "allow_redirects=False" in source
+    assert "trust_env=False" in source
+    assert source.count("ClientSession(") == 1
+
+
+def test_only_cli_reads_the_environment() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "cli.py":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv"}:
+                pytest.fail(f"{path.name}:{node.lineno} reads the environment")

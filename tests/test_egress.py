@@ -1,0 +1,139 @@
+"""The single egress path: connect-time pinning, rebinding, redirects, proxy variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from airgap_proxy import policy
+from airgap_proxy.app import create_app
+from airgap_proxy.egress import EgressClient
+from airgap_proxy.errors import AirgapViolation
+from airgap_proxy.targets import IPAddress
+from tests.conftest import FakeResolver, make_config
+from tests.fakes import FakeUpstream
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+ONLY_127_0_0_1 = policy.Rules(allow_networks=(ipaddress.ip_network("127.0.0.1/32"),), allow_hosts=())
+
+
+def sync_resolve(resolver: FakeResolver) -> policy.Resolve:
+    def resolve(host: str) -> list[IPAddress]:
+        try:
+            return [ipaddress.ip_address(a) for a in resolver.lookup(host)]
+        except OSError as exc:
+            raise policy.ResolutionError(host) from exc
+
+    return resolve
+
+
+async def test_dns_rebinding_cannot_reach_outside(aiohttp_client: Any, aiohttp_server: Any, recorder: Any) -> None:
+    """Local at classification time, outside at connect time: no connection to the outside."""
+    local = FakeUpstream()
+    await aiohttp_server(local.app())
+    outside = await recorder("127.0.0.2")
+    resolver = FakeResolver({"rebind.test": [["127.0.0.1"], ["127.0.0.2"]]})
+    url = f"http://rebind.test:{outside.port}/v1"
+    decision = policy.classify(url, ONLY_127_0_0_1, sync_resolve(resolver))
+    assert decision.verdict is policy.Verdict.LOCAL  # the first answer looked fine
+
+    rules = {"policy": {"allow_networks": ["127.0.0.1/32"], "allow_hosts": []}}
+    client = await aiohttp_client(create_app(make_config(rules, {"LLM_BASE_URL": url}), resolver=resolver))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 422
+    body = await resp.json()
+    assert body["error"]["code"] == "airgap_violation"
+    assert body["error"]["message"] == "address 127.0.0.2 of host rebind.test is not in allow_networks"
+    assert outside.connections == 0
+    assert resolver.calls == ["rebind.test", "rebind.test"]
+
+
+async def test_allow_listed_name_is_still_pinned_at_connect(aiohttp_client: Any, recorder: Any) -> None:
+    outside = await recorder("127.0.0.2")
+    resolver = FakeResolver({"llm.trusted.internal": ["127.0.0.2"]})
+    rules = {"policy": {"allow_networks": ["127.0.0.1/32"], "allow_hosts": ["*.trusted.internal"]}}
+    config = make_config(rules, {"LLM_BASE_URL": f"http://llm.trusted.internal:{outside.port}/v1"})
+    client = await aiohttp_client(create_app(config, resolver=resolver))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 422
+    assert "127.0.0.2" in (await resp.json())["error"]["message"]
+    assert outside.connections == 0
+
+
+async def test_name_resolving_to_mixed_addresses_is_refused(aiohttp_client: Any, recorder: Any) -> None:
+    outside = await recorder("127.0.0.2")
+    resolver = FakeResolver({"mixed.test": ["127.0.0.1", "127.0.0.2"]})
+    rules = {"policy": {"allow_networks": ["127.0.0.1/32"]}}
+    config = make_config(rules, {"LLM_BASE_URL": f"http://mixed.test:{outside.port}/v1"})
+    client = await aiohttp_client(create_app(config, resolver=resolver))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 422
+    assert outside.connections == 0
+
+
+async def test_unresolvable_name_is_an_airgap_violation(aiohttp_client: Any) -> None:
+    resolver = FakeResolver({})
+    config = make_config(None, {"LLM_BASE_URL": "http://nowhere.test:8000/v1"})
+    client = await aiohttp_client(create_app(config, resolver=resolver))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 422
+    assert (await resp.json())["error"]["message"] == "host nowhere.test does not resolve"
+
+
+async def test_name_resolving_locally_is_forwarded(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    fake, base = upstream
+    port = base.split(":")[2].split("/")[0]
+    resolver = FakeResolver({"ollama": ["127.0.0.1"]})
+    config = make_config(None, {"LLM_BASE_URL": f"http://ollama:{port}/v1"})
+    client = await aiohttp_client(create_app(config, resolver=resolver))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200
+    assert len(fake.received) == 1
+    assert fake.received[0].headers["Host"] == f"ollama:{port}"
+
+
+async def test_socket_factory_refuses_ip_literals_directly(recorder: Any) -> None:
+    """Below the request-level verdict: the client itself refuses an outside address."""
+    outside = await recorder("127.0.0.2")
+    client = EgressClient(ONLY_127_0_0_1, enforce=True, connect_timeout_s=2, read_timeout_s=2)
+    await client.start()
+    try:
+        for url in (f"http://127.0.0.2:{outside.port}/", f"http://[::ffff:127.0.0.2]:{outside.port}/"):
+            with pytest.raises(AirgapViolation, match=r"127\.0\.0\.2"):
+                await client.request("GET", url, headers={}, body=None)
+    finally:
+        await client.close()
+    assert outside.connections == 0
+
+
+async def test_report_only_client_connects_and_reports(recorder: Any) -> None:
+    outside = await recorder("127.0.0.2")
+    seen: list[policy.Decision] = []
+    client = EgressClient(
+        ONLY_127_0_0_1, enforce=False, connect_timeout_s=2, read_timeout_s=2, on_would_block=seen.append
+    )
+    await client.start()
+    try:
+        with pytest.raises(Exception):
+            await client.request("GET", f"http://127.0.0.2:{outside.port}/", headers={}, body=None)
+    finally:
+        await client.close()
+    assert outside.connections >= 1  # aiohttp retries an idempotent request once
+    assert seen
+    assert {d.verdict for d in seen} == {policy.Verdict.EXTERNAL}
+
+
+async def test_proxy_environment_variables_are_ignored(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str], recorder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trap = await recorder("127.0.0.1")
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{trap.port}")
+    fake, base = upstream
+    client = await aiohttp_client(create_app(make_config(None, {"LLM_BASE_URL": base})))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200
+    assert len(fake.received) == 1
+    assert trap.connections == 0

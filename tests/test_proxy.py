@@ -1,0 +1,444 @@
+"""The proxy end to end over real sockets: aiohttp test client -> proxy -> fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+from yarl import URL
+
+from airgap_proxy.app import create_app
+from tests.conftest import FakeResolver, make_config
+from tests.fakes import FakeUpstream
+
+CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hello"}]}
+UPSTREAM_KEY = "sk-upstream-Zq81"
+
+
+async def proxy_for(aiohttp_client: Any, base_url: str, raw: dict[str, Any] | None = None, **env: str) -> Any:
+    config = make_config(raw, {"LLM_BASE_URL": base_url, "LLM_API_KEY": UPSTREAM_KEY, **env})
+    return await aiohttp_client(create_app(config))
+
+
+def assert_envelope(body: dict[str, Any], code: str) -> None:
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "code", "param"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+
+
+async def test_chat_is_forwarded_with_clean_headers(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    body = json.dumps(CHAT).encode()
+    resp = await client.post(
+        "/v1/chat/completions",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Bearer client-key-must-not-leak",
+            "Proxy-Authorization": "Basic xyz",
+            "Cookie": "session=1",
+            "api-key": "azure-style",
+            "x-api-key": "anthropic-style",
+            "Connection": "keep-alive, X-Hop-Secret",
+            "X-Hop-Secret": "1",
+            "X-Custom": "kept",
+            "X-Airgap-Mode": "internal",
+        },
+    )
+    assert resp.status == 200
+    data = await resp.json()
+    assert data["choices"][0]["message"]["content"] == "Hello from upstream"
+    assert resp.headers["X-Airgap-Upstream"] == "default"
+    request_id = resp.headers["X-Request-ID"]
+    assert len(request_id) >= 16
+    [received] = fake.received
+    assert received.path == "/v1/chat/completions"
+    assert received.body == body  # original bytes, untouched
+    headers = {k.lower(): v for k, v in received.headers.items()}
+    assert headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    for dropped in ("proxy-authorization", "cookie", "api-key", "x-api-key", "x-hop-secret", "x-airgap-mode"):
+        assert dropped not in headers, dropped
+    assert headers["x-custom"] == "kept"
+    assert headers["x-request-id"] == request_id
+
+
+async def test_no_key_configured_means_no_authorization(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str]
+) -> None:
+    fake, base = upstream
+    client = await aiohttp_client(create_app(make_config(None, {"LLM_BASE_URL": base})))
+    resp = await client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer client"})
+    assert resp.status == 200
+    assert "authorization" not in {k.lower() for k in fake.received[0].headers}
+
+
+@pytest.mark.parametrize(
+    ("given", "echoed"),
+    [
+        pytest.param("req-abc.123:x", True, id="valid id propagated"),
+        pytest.param("has space", False, id="unsafe id replaced"),
+        pytest.param("x" * 200, False, id="overlong id replaced"),
+    ],
+)
+async def test_request_id(aiohttp_client: Any, upstream: tuple[FakeUpstream, str], given: str, echoed: bool) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    resp = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-ID": given})
+    assert resp.status == 200
+    assert (resp.headers["X-Request-ID"] == given) is echoed
+    assert fake.received[0].headers["X-Request-ID"] == resp.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize("model", [None, "default", ""])
+async def test_default_model_is_applied(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str], model: str | None
+) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base, LLM_MODEL="llama3.2:3b")
+    body: dict[str, Any] = {"messages": CHAT["messages"]}
+    if model is not None:
+        body["model"] = model
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status == 200
+    assert fake.received[0].json()["model"] == "llama3.2:3b"
+    assert fake.received[0].json()["messages"] == CHAT["messages"]
+
+
+async def test_generic_v1_path_passes_through(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    _fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    resp = await client.delete("/v1/files/file-abc?purpose=x&b=%20y")
+    assert resp.status == 200
+    assert await resp.json() == {"echo": "/v1/files/file-abc", "method": "DELETE", "query": "purpose=x&b=%20y"}
+    models = await client.get("/v1/models")
+    assert (await models.json())["data"][0]["id"] == "fake-model"
+
+
+async def test_base_url_without_v1_prefix(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base.removesuffix("/v1"))
+    resp = await client.post("/v1/embeddings", json={"model": "e", "input": "x"})
+    assert resp.status == 200
+    assert fake.received[0].path == "/embeddings"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        pytest.param("/v1/chat/completions", b"{not json", None, id="malformed json"),
+        pytest.param("/v1/chat/completions", b"", None, id="empty body"),
+        pytest.param("/v1/chat/completions", b"[1,2]", None, id="json array"),
+        pytest.param("/v1/chat/completions", b'{"model":"m"}', "messages", id="missing messages"),
+        pytest.param("/v1/chat/completions", b'{"model":"m","messages":[]}', "messages", id="empty messages"),
+        pytest.param("/v1/chat/completions", b'{"model":"m","messages":"hi"}', "messages", id="messages not list"),
+        pytest.param(
+            "/v1/chat/completions", b'{"model":5,"messages":[{"role":"user"}]}', "model", id="model not string"
+        ),
+        pytest.param(
+            "/v1/chat/completions",
+            b'{"model":"m","stream":"yes","messages":[{"role":"user"}]}',
+            "stream",
+            id="stream not bool",
+        ),
+        pytest.param("/v1/completions", b'{"model":"m"}', "prompt", id="completions without prompt"),
+        pytest.param("/v1/embeddings", b'{"model":"m"}', "input", id="embeddings without input"),
+        pytest.param("/v1/chat/completions", b"\xff\xfe\x00", None, id="binary garbage"),
+        pytest.param("/v1/chat/completions", b"[" * 100000, None, id="deep nesting"),
+    ],
+)
+async def test_bad_requests_get_400_and_proxy_keeps_serving(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str], path: str, body: bytes, param: str | None
+) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    data = await resp.json()
+    assert_envelope(data, "invalid_request_error")
+    assert data["error"]["type"] == "invalid_request_error"
+    assert data["error"]["param"] == param
+    assert fake.received == []
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+
+
+async def test_body_over_limit_is_413(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base, {"limits": {"max_body_bytes": 2048}})
+    big = json.dumps({**CHAT, "pad": "x" * 5000}).encode()
+    resp = await client.post("/v1/chat/completions", data=big, headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    assert_envelope(await resp.json(), "request_too_large")
+
+    async def chunked() -> Any:
+        for _ in range(10):
+            yield b"x" * 1000
+
+    resp = await client.post("/v1/chat/completions", data=chunked())
+    assert resp.status == 413
+    assert fake.received == []
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+
+
+async def test_no_upstream_is_503(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(make_config()))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 503
+    assert_envelope(await resp.json(), "no_healthy_upstream")
+    assert (await client.get("/readyz")).status == 503
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_unknown_path_and_dot_segments(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    resp = await client.get("/admin")
+    assert resp.status == 404
+    assert_envelope(await resp.json(), "not_found")
+    for raw in ("/v1/%2e%2e/secret", "/v1/chat/%2E%2E/%2e%2e/admin", "/v1/./models"):
+        resp = await client.session.get(URL(f"http://127.0.0.1:{client.port}{raw}", encoded=True))
+        assert resp.status == 400, raw
+    assert fake.received == []
+
+
+# --- the air gap --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        pytest.param("https://api.openai.com/v1", id="hosted api"),
+        pytest.param("https://API.OpenAI.com./v1", id="hosted api case and dot"),
+        pytest.param("https://myorg.openai.azure.com/openai", id="azure"),
+        pytest.param("http://169.254.169.254/latest", id="metadata"),
+        pytest.param("http://user@localhost:11434/v1", id="userinfo is invalid"),
+        pytest.param("ftp://localhost/v1", id="scheme is invalid"),
+        pytest.param("http://[fe80::1%25eth0]:80/v1", id="link-local with zone"),
+    ],
+)
+async def test_external_or_invalid_target_is_422_without_any_resolution(aiohttp_client: Any, base_url: str) -> None:
+    resolver = FakeResolver({})
+    config = make_config(None, {"LLM_BASE_URL": base_url})
+    client = await aiohttp_client(create_app(config, resolver=resolver))
+    for path in ("/v1/chat/completions", "/v1/models", "/v1/embeddings"):
+        resp = await client.post(path, json={**CHAT, "input": "x"})
+        assert resp.status == 422, path
+        data = await resp.json()
+        assert_envelope(data, "airgap_violation")
+        assert data["error"]["type"] == "airgap_violation"
+    assert resolver.calls == []
+
+
+async def test_external_forms_open_no_connection(aiohttp_client: Any, recorder: Any) -> None:
+    """Only 127.0.0.1 is local; a listener on 127.0.0.2 stands for the outside world."""
+    outside = await recorder("127.0.0.2")
+    rules = {"policy": {"allow_networks": ["127.0.0.1/32"], "allow_hosts": []}}
+    forms = [
+        f"http://127.0.0.2:{outside.port}/v1",
+        f"http://2130706434:{outside.port}/v1",
+        f"http://0x7f.0.0.2:{outside.port}/v1",
+        f"http://0177.0.0.02:{outside.port}/v1",
+        f"http://[::ffff:127.0.0.2]:{outside.port}/v1",
+        f"http://outside.test:{outside.port}/v1",
+    ]
+    resolver = FakeResolver({"outside.test": ["127.0.0.2"]})
+    with capture_logs() as logs:
+        for form in forms:
+            config = make_config(rules, {"LLM_BASE_URL": form})
+            client = await aiohttp_client(create_app(config, resolver=resolver))
+            resp = await client.post("/v1/chat/completions", json=CHAT)
+            assert resp.status == 422, form
+            assert "127.0.0.2" in (await resp.json())["error"]["message"], form
+    assert outside.connections == 0
+    audits = [e for e in logs if e["event"] == "request"]
+    assert len(audits) == len(forms)
+    assert all(e["decision"] == "block" and e["status"] == 422 for e in audits)
+
+
+async def test_report_only_forwards_and_records_would_block(aiohttp_server: Any, aiohttp_client: Any) -> None:
+    fake = FakeUpstream()
+    server = await aiohttp_server(fake.app(), host="127.0.0.2")
+    rules = {"policy": {"allow_networks": ["127.0.0.1/32"]}}
+    config = make_config(rules, {"LLM_BASE_URL": f"http://127.0.0.2:{server.port}/v1", "AISOC_AIRGAPPED": "false"})
+    client = await aiohttp_client(create_app(config))
+    with capture_logs() as logs:
+        resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200
+    assert len(fake.received) == 1
+    [audit] = [e for e in logs if e["event"] == "request"]
+    assert audit["decision"] == "would_block"
+    assert audit["verdict"] == "external"
+    assert audit["reason"] == "address 127.0.0.2 of host 127.0.0.2 is not in allow_networks"
+
+
+async def test_report_only_still_refuses_invalid_urls(aiohttp_client: Any) -> None:
+    config = make_config(None, {"LLM_BASE_URL": "http://user@localhost:1/v1", "AISOC_AIRGAPPED": "false"})
+    client = await aiohttp_client(create_app(config))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 422
+
+
+async def test_hosted_provider_type_is_refused_even_on_a_local_url(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str]
+) -> None:
+    fake, base = upstream
+    config = make_config({"upstreams": [{"name": "sneaky", "provider_type": "openai", "base_url": base}]})
+    client = await aiohttp_client(create_app(config))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 422
+    assert "hosted" in (await resp.json())["error"]["message"]
+    assert fake.received == []
+
+
+# --- upstream failures ---------------------------------------------------------------------------
+
+
+async def test_connection_refused_is_502(aiohttp_client: Any, unused_tcp_port: int) -> None:
+    client = await proxy_for(aiohttp_client, f"http://127.0.0.1:{unused_tcp_port}/v1")
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 502
+    assert_envelope(await resp.json(), "upstream_error")
+
+
+async def test_slow_upstream_is_504(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    fake, base = upstream
+    fake.delay_s = 1.0
+    client = await proxy_for(aiohttp_client, base, {"timeouts": {"upstream_s": 0.2}})
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 504
+    assert_envelope(await resp.json(), "upstream_timeout")
+
+
+async def test_upstream_error_status_is_passed_through(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    fake, base = upstream
+    fake.status = 429
+    client = await proxy_for(aiohttp_client, base)
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 429
+    assert (await resp.json())["error"]["message"] == "upstream says no"
+
+
+async def test_redirect_is_never_followed(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    second = FakeUpstream()
+    second_server = await aiohttp_server(second.app())
+    first = FakeUpstream(redirect_to=f"http://127.0.0.1:{second_server.port}/v1/chat/completions")
+    first_server = await aiohttp_server(first.app())
+    client = await proxy_for(aiohttp_client, f"http://127.0.0.1:{first_server.port}/v1")
+    resp = await client.post("/v1/chat/completions", json=CHAT, allow_redirects=False)
+    assert resp.status == 502
+    assert "redirect" in (await resp.json())["error"]["message"]
+    assert "Location" not in resp.headers
+    assert len(first.received) == 1
+    assert second.received == []
+
+
+# --- streaming -----------------------------------------------------------------------------------
+
+
+async def test_stream_is_relayed_with_sse_headers(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    _fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers["X-Accel-Buffering"] == "no"
+    text = await resp.text()
+    assert text.count("data: ") == 4
+    assert text.endswith("data: [DONE]\n\n")
+
+
+async def test_upstream_dying_mid_stream_ends_with_error_event(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str]
+) -> None:
+    fake, base = upstream
+    fake.stream_chunks = 5
+    fake.die_after_chunks = 2
+    client = await proxy_for(aiohttp_client, base)
+    with capture_logs() as logs:
+        resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+        assert resp.status == 200
+        text = await resp.text()
+    events = [line for line in text.split("\n\n") if line]
+    assert len(events) == 3
+    assert "[DONE]" not in text
+    error = json.loads(events[-1].removeprefix("data: "))
+    assert error["error"]["code"] == "upstream_error"
+    [audit] = [e for e in logs if e["event"] == "request"]
+    assert audit["error_code"] == "upstream_error"
+    fake.die_after_chunks = None
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+
+
+async def test_client_disconnect_cancels_upstream_request(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    upstream_done = asyncio.Event()
+    outcome: dict[str, Any] = {}
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for index in range(200):
+                await response.write(f"data: {index}\n\n".encode())
+                await asyncio.sleep(0.05)
+            outcome["finished"] = True
+        except (asyncio.CancelledError, ConnectionResetError) as exc:
+            outcome["stopped"] = type(exc).__name__
+            raise
+        finally:
+            upstream_done.set()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", endless)
+    server = await aiohttp_server(app)
+    client = await proxy_for(aiohttp_client, f"http://127.0.0.1:{server.port}/v1")
+    resp = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    assert (await resp.content.readuntil(b"\n\n")) == b"data: 0\n\n"
+    resp.close()
+    await asyncio.wait_for(upstream_done.wait(), timeout=5)
+    assert "finished" not in outcome
+    assert outcome["stopped"] in {"CancelledError", "ConnectionResetError", "ClientConnectionResetError"}
+
+
+# --- audit log -----------------------------------------------------------------------------------
+
+
+async def test_one_audit_event_without_prompt_or_keys(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    _fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    prompt = "TOP-SECRET-PROMPT-7731"
+    with capture_logs() as logs:
+        resp = await client.post(
+            "/v1/chat/completions",
+            json={"model": "m1", "messages": [{"role": "user", "content": prompt}]},
+            headers={"Authorization": "Bearer CLIENT-KEY-9912", "X-Request-ID": "rid-1"},
+        )
+        assert resp.status == 200
+        await client.get("/healthz")
+    audits = [e for e in logs if e["event"] == "request"]
+    assert len(audits) == 1
+    audit = audits[0]
+    assert audit["request_id"] == "rid-1"
+    assert audit["route"] == "/v1/chat/completions"
+    assert audit["model"] == "m1"
+    assert audit["upstream"] == "default"
+    assert audit["decision"] == "forward"
+    assert audit["verdict"] == "local"
+    assert audit["status"] == 200
+    assert audit["duration_ms"] >= 0
+    dumped = json.dumps(logs, default=str)
+    for secret in (prompt, "CLIENT-KEY-9912", UPSTREAM_KEY):
+        assert secret not in dumped
+
+
+async def test_readyz_reports_permitted_upstreams(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    _fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    resp = await client.get("/readyz")
+    assert resp.status == 200
+    assert (await resp.json())["upstreams"] == ["default"]

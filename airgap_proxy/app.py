@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
-from airgap_proxy import policy, routing
-from airgap_proxy.api import health, openai
+from airgap_proxy import policy
+from airgap_proxy.api import health, openai, status
 from airgap_proxy.config import Config
 from airgap_proxy.egress import EgressClient
 from airgap_proxy.logs import get_logger
 from airgap_proxy.middleware import request_middleware
 from airgap_proxy.state import STATE, AppState
+from airgap_proxy.upstreams import UpstreamPool, probe_loop
 
 _log = get_logger("airgap_proxy.app")
 
@@ -33,13 +36,12 @@ def create_app(config: Config, *, resolver: AbstractResolver | None = None) -> w
         resolver=resolver,
         on_would_block=on_would_block,
     )
-    state = AppState(config=config, egress=egress)
-    for upstream in config.upstreams:
-        state.decisions[upstream.name] = routing.static_decision(upstream, config.rules)
-    app[STATE] = state
+    app[STATE] = AppState(config=config, egress=egress, pool=UpstreamPool(config), canned=config.fallback.canned)
     app.cleanup_ctx.append(_egress_lifecycle)
+    app.cleanup_ctx.append(_health_probes)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/api/v1/llm/status", status.llm_status)
     app.router.add_route("*", "/v1/{tail:.*}", openai.proxy_v1)
     return app
 
@@ -48,8 +50,8 @@ async def _egress_lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     await state.egress.start()
     state.started = True
-    for upstream in state.config.upstreams:
-        decision = state.decisions[upstream.name]
+    for runtime in state.pool.runtimes.values():
+        upstream, decision = runtime.config, runtime.decision
         _log.info(
             "upstream_configured",
             upstream=upstream.name,
@@ -58,8 +60,22 @@ async def _egress_lifecycle(app: web.Application) -> AsyncIterator[None]:
             verdict=decision.verdict.value if decision else "checked_at_connect",
             reason=decision.reason if decision else None,
         )
-        if decision is not None and not decision.is_local and state.config.airgapped:
+        if not state.pool.permitted(upstream.name):
+            assert decision is not None
             _log.warning("upstream_blocked", upstream=upstream.name, reason=decision.reason)
     yield
     state.started = False
     await state.egress.close()
+
+
+async def _health_probes(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    task = None
+    if state.pool.runtimes:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(probe_loop(state.pool, state.egress, state.config.health.interval_s))
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -17,6 +17,7 @@ class Action(enum.Enum):
     FORWARD = "forward"
     BLOCK = "block"
     WOULD_BLOCK = "would_block"
+    FALLBACK = "fallback"
     NONE = "none"
 
 

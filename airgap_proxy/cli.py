@@ -1,4 +1,4 @@
-"""Command line: ``serve``, ``classify`` and ``check-config``.
+"""Command line: ``serve``, ``classify``, ``check-config`` and ``status``.
 
 Exit status: 0 success (every URL / upstream local), 1 a target is not local
 (or the server could not start), 2 usage or configuration error.
@@ -7,6 +7,7 @@ Exit status: 0 success (every URL / upstream local), 1 a target is not local
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -17,7 +18,8 @@ import yaml
 
 from airgap_proxy import __version__, policy, routing
 from airgap_proxy.config import Config, ConfigError, load_config
-from airgap_proxy.egress import system_resolve
+from airgap_proxy.egress import EgressClient, system_resolve
+from airgap_proxy.errors import ProxyError, UpstreamError
 from airgap_proxy.server import run
 
 EXIT_OK = 0
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--json", action="store_true", help="print one JSON object per line")
     classify.add_argument("--no-resolve", action="store_true", help="do not resolve names (they count as external)")
 
+    status = sub.add_parser("status", help="show a running proxy's status")
+    status.add_argument("--url", default="http://127.0.0.1:8080", help="base URL of the proxy (default: %(default)s)")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
     check = sub.add_parser("check-config", help="load the config as serve would and report")
     check.add_argument("--config", help="YAML config file (default: $AIRGAP_PROXY_CONFIG)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -61,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args, env)
         if args.command == "classify":
             return _classify(args, env)
+        if args.command == "status":
+            return _status(args)
         return _check_config(args, env)
     except ConfigError as exc:
         print(f"airgap-proxy: config error: {exc}", file=sys.stderr)
@@ -126,3 +134,70 @@ def _check_config(args: argparse.Namespace, env: dict[str, str]) -> int:
         file=sys.stderr,
     )
     return status
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        report = asyncio.run(fetch_status(args.url))
+    except ProxyError as exc:
+        print(f"airgap-proxy: cannot read status from {args.url}: {exc.message}", file=sys.stderr)
+        return EXIT_NOT_LOCAL
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_status(report))
+    healthy = report.get("reachable") is True and report.get("airgap_compliant") is True
+    return EXIT_OK if healthy else EXIT_NOT_LOCAL
+
+
+async def fetch_status(base_url: str) -> dict[str, Any]:
+    """GET the proxy's status through the egress client (so the policy applies here too)."""
+    client = EgressClient(Config().rules, enforce=True, connect_timeout_s=5, read_timeout_s=10)
+    await client.start()
+    try:
+        response = await client.request(
+            "GET", base_url.rstrip("/") + "/api/v1/llm/status", headers={"Accept": "application/json"}, body=None
+        )
+        try:
+            body = await client.read_limited(response, 1 << 20)
+        finally:
+            response.release()
+    finally:
+        await client.close()
+    if response.status != 200:
+        raise UpstreamError(f"HTTP {response.status}")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise UpstreamError("the answer is not JSON") from None
+    if not isinstance(data, dict):
+        raise UpstreamError("the answer is not a JSON object")
+    return data
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """A readable summary and one table row per upstream."""
+    lines = [
+        f"provider_type     {report.get('provider_type')}",
+        f"model             {report.get('model')}",
+        f"reachable         {report.get('reachable')}",
+        f"airgap_compliant  {report.get('airgap_compliant')}",
+        f"airgapped         {report.get('airgapped')}",
+        f"fallback_active   {report.get('fallback_active')}",
+    ]
+    upstreams = report.get("upstreams") or []
+    if upstreams:
+        columns = ("name", "provider_type", "verdict", "health", "in_flight", "base_url")
+        rows = [[str(u.get(c, "")) for c in columns] for u in upstreams]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        lines.append("")
+        lines.append("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+        for row in rows:
+            lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        for u in upstreams:
+            if u.get("verdict") != "local" or u.get("last_error"):
+                lines.append(
+                    f"  {u.get('name')}: {u.get('reason')}"
+                    + (f"; last error: {u['last_error']}" if u.get("last_error") else "")
+                )
+    return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from airgap_proxy import policy
+from airgap_proxy.fallback import EMPTY_CANNED, Canned, parse_canned
 from airgap_proxy.targets import Target, TargetError, parse_target
 
 CONFIG_VERSION = 1
@@ -126,6 +127,7 @@ class HealthConfig:
 class FallbackConfig:
     mode: FallbackMode = FallbackMode.DETERMINISTIC
     responses_file: str | None = None
+    canned: Canned = EMPTY_CANNED
 
 
 @dataclass(frozen=True)
@@ -271,7 +273,7 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
     if env.get(ENV_MODEL, "").strip():
         default_model = env[ENV_MODEL].strip()
     health = _parse_health(root.section("health"))
-    fallback = _parse_fallback(root.section("fallback"))
+    fallback_config = _parse_fallback(root.section("fallback"), read_file)
     tenants_section = root.section("tenants")
     tenants = TenantsConfig(store=tenants_section.get("store", str, TenantsConfig.store))
     tenants_section.finish()
@@ -292,7 +294,7 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
         upstreams=upstreams,
         default_model=default_model,
         health=health,
-        fallback=fallback,
+        fallback=fallback_config,
         tenants=tenants,
         admin=admin,
         limits=LimitsConfig(max_body_bytes=max_body),
@@ -619,7 +621,7 @@ def _parse_health(section: _Section) -> HealthConfig:
     return config
 
 
-def _parse_fallback(section: _Section) -> FallbackConfig:
+def _parse_fallback(section: _Section, read_file: ReadFile) -> FallbackConfig:
     mode_raw = section.get("mode", str, FallbackMode.DETERMINISTIC.value)
     try:
         mode = FallbackMode(mode_raw)
@@ -627,7 +629,22 @@ def _parse_fallback(section: _Section) -> FallbackConfig:
         raise ConfigError(section.key_path("mode"), f"expected deterministic or error, got {mode_raw!r}") from None
     responses_file = section.get("responses_file", str, None)
     section.finish()
-    return FallbackConfig(mode=mode, responses_file=responses_file)
+    canned = EMPTY_CANNED
+    if responses_file is not None:
+        path = section.key_path("responses_file")
+        try:
+            raw = yaml.safe_load(read_file(responses_file))
+        except FileNotFoundError:
+            raise ConfigError(path, f"file {responses_file!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(path, f"cannot read file {responses_file!r}: {exc.__class__.__name__}") from None
+        except yaml.YAMLError:
+            raise ConfigError(path, f"file {responses_file!r} is not valid YAML") from None
+        try:
+            canned = parse_canned(raw)
+        except ValueError as exc:
+            raise ConfigError(path, f"{responses_file}: {exc}") from None
+    return FallbackConfig(mode=mode, responses_file=responses_file, canned=canned)
 
 
 def _parse_admin(section: _Section, env: Mapping[str, str], read_file: ReadFile) -> AdminConfig:

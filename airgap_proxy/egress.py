@@ -29,7 +29,7 @@ from yarl import URL
 
 from airgap_proxy import policy
 from airgap_proxy.errors import AirgapViolation, UpstreamError, UpstreamTimeout
-from airgap_proxy.targets import IPAddress
+from airgap_proxy.targets import IPAddress, Target
 
 OnWouldBlock = Callable[[policy.Decision], None]
 
@@ -175,6 +175,35 @@ class EgressClient:
             )
         except BaseException as exc:
             raise translate_error(exc) from exc
+
+    async def decide(self, target: Target) -> policy.Decision:
+        """Classify ``target`` now, resolving names with the client's own resolver."""
+        static = policy.classify_static(target, self._rules)
+        if static is not None:
+            return static
+        inner = self._inner_resolver or ThreadedResolver()
+        try:
+            results = await inner.resolve(target.host, target.port, socket.AF_UNSPEC)
+        except OSError:
+            return policy.Decision(
+                policy.Verdict.EXTERNAL,
+                policy.REASON_UNRESOLVED.format(host=target.host),
+                policy.Rule.UNRESOLVED,
+                target.host,
+            )
+        addresses = [ipaddress.ip_address(r["host"].split("%", 1)[0]) for r in results]
+        return policy.check_addresses(target.host, addresses, self._rules)
+
+    async def read_limited(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
+        """Read a whole (small) response body, refusing more than ``limit`` bytes."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.iter_chunks(response):
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError(f"upstream response is larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def iter_chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """Yield the response body as it arrives, translating errors."""

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -64,6 +65,37 @@ def route(upstreams: tuple[UpstreamConfig, ...], model: str | None) -> list[Cand
     if not found:
         raise ModelNotFound(f"The model `{model}` does not exist or is not served by any upstream", param="model")
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamView:
+    """What the planner needs to know about an upstream right now."""
+
+    permitted: bool
+    available: bool
+    in_flight: int
+
+
+MAX_ATTEMPTS = 2
+
+
+def plan(candidates: list[Candidate], view: Callable[[str], UpstreamView]) -> list[Candidate]:
+    """The upstreams to try, in order, at most :data:`MAX_ATTEMPTS`.
+
+    1. Upstreams the policy refuses are never tried (the caller answers 422
+       when that leaves none).
+    2. Unavailable (unhealthy) upstreams are skipped; an empty plan means
+       "fall back".
+    3. Lower priority first; within a priority, fewest requests in flight;
+       then configuration order.
+    """
+    ranked = []
+    for index, candidate in enumerate(candidates):
+        state = view(candidate.upstream.name)
+        if state.permitted and state.available:
+            ranked.append((candidate.upstream.priority, state.in_flight, index, candidate))
+    ranked.sort(key=lambda item: item[:3])
+    return [item[3] for item in ranked[:MAX_ATTEMPTS]]
 
 
 REASON_HOSTED_TYPE = "provider_type {provider_type} is a hosted LLM API"

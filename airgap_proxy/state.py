@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from airgap_proxy import policy
+from airgap_proxy import fallback
 from airgap_proxy.audit import Audit
 from airgap_proxy.config import Config
 from airgap_proxy.egress import EgressClient
+from airgap_proxy.upstreams import UpstreamPool
 
 
 @dataclass(slots=True)
 class AppState:
-    """What the handlers need: the config, the egress client, load-time verdicts.
-
-    ``decisions`` holds the verdict of each upstream computed at load; None
-    means the upstream is a name whose addresses are checked at connect time.
-    """
+    """What the handlers need: the config, the egress client, the upstream pool."""
 
     config: Config
     egress: EgressClient
-    decisions: dict[str, policy.Decision | None] = field(default_factory=dict)
+    pool: UpstreamPool
+    canned: fallback.Canned
     started: bool = False
 
 

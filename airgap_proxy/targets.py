@@ -195,12 +195,13 @@ def _normalise_name(text: str) -> str:
         raise TargetError("host has an empty label ('..')")
     ascii_labels = []
     for label in labels:
-        if not label.isascii():
-            try:
-                label = idna.encode(label, uts46=False).decode("ascii")
-            except (idna.IDNAError, UnicodeError) as exc:
-                raise TargetError(f"host label {label!r} is not valid IDNA") from exc
-        ascii_labels.append(label)
+        if label.isascii():
+            ascii_labels.append(label)
+            continue
+        try:
+            ascii_labels.append(idna.encode(label, uts46=False).decode("ascii"))
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise TargetError(f"host label {label!r} is not valid IDNA") from exc
     host = ".".join(ascii_labels)
     if len(host) > 253:
         raise TargetError("host is longer than 253 characters")

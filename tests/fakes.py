@@ -14,6 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
+# Health-probe paths of every provider type; probes are logged apart from traffic.
+PROBE_PATHS = frozenset({"/v1/models", "/models", "/api/tags", "/health", "/health/liveliness"})
+MODELS = {
+    "object": "list",
+    "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}],
+    "models": [{"name": "fake-model"}],
+}
+
 
 @dataclass
 class Received:
@@ -32,6 +40,7 @@ class FakeUpstream:
     """Behaviour knobs and the log of received requests."""
 
     received: list[Received] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)
     stream_chunks: int = 3
     chunk_delay_s: float = 0.0
     chunk_sent_at: list[float] = field(default_factory=list)
@@ -47,6 +56,11 @@ class FakeUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if request.method == "GET" and request.path in PROBE_PATHS:
+            self.probes.append(request.path)
+            if self.status != 200:
+                return web.json_response({"error": "down"}, status=self.status)
+            return web.json_response(MODELS)
         self.received.append(Received(request.method, request.path, request.query_string, dict(request.headers), body))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

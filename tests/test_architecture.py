@@ -36,7 +36,16 @@ IO_MODULES = {
     "pathlib",
     "threading",
 }
-CLIENT_FACTORIES = {"ClientSession", "TCPConnector", "UnixConnector", "request", "open_connection", "create_connection"}
+CLIENT_FACTORIES = {
+    "ClientSession",
+    "TCPConnector",
+    "UnixConnector",
+    "open_connection",
+    "create_connection",
+    "socket",
+    "urlopen",
+    "getaddrinfo",
+}
 
 
 def module_source(name: str) -> ast.Module:
@@ -96,7 +105,7 @@ def test_only_the_egress_module_creates_clients() -> None:
             if isinstance(node, ast.Call):
                 func = node.func
                 name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-                if name in CLIENT_FACTORIES and not _is_method_on_egress(func):
+                if name in CLIENT_FACTORIES or _is_aiohttp_request(func):
                     offenders.append(f"{path.name}:{node.lineno} {name}")
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names]
@@ -105,9 +114,14 @@ def test_only_the_egress_module_creates_clients() -> None:
     assert offenders == []
 
 
-def _is_method_on_egress(func: ast.expr) -> bool:
-    """``state.egress.request(...)`` is the egress client itself."""
-    return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Attribute) and func.value.attr == "egress"
+def _is_aiohttp_request(func: ast.expr) -> bool:
+    """``aiohttp.request(...)`` opens its own session."""
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr == "request"
+        and isinstance(func.value, ast.Name)
+        and func.value.id == "aiohttp"
+    )
 
 
 def test_egress_module_disables_redirects_and_proxy_env() -> None:

@@ -47,7 +47,7 @@ async def test_dns_rebinding_cannot_reach_outside(aiohttp_client: Any, aiohttp_s
     assert body["error"]["code"] == "airgap_violation"
     assert body["error"]["message"] == "address 127.0.0.2 of host rebind.test is not in allow_networks"
     assert outside.connections == 0
-    assert resolver.calls == ["rebind.test", "rebind.test"]
+    assert resolver.calls.count("rebind.test") >= 2  # classification, then connect (and probes)
 
 
 async def test_allow_listed_name_is_still_pinned_at_connect(aiohttp_client: Any, recorder: Any) -> None:

@@ -40,10 +40,10 @@ def test_sync_sdk_every_core_endpoint(threaded: ThreadedServers) -> None:
     embedding = client.embeddings.create(model="nomic", input="hi", encoding_format="float")
     assert embedding.data[0].embedding == [0.6, 0.8]
 
-    assert [m.id for m in client.models.list()] == ["fake-model"]
+    assert "fake-model" in [m.id for m in client.models.list()]  # discovered by the health probe
 
     paths = [r.path for r in fake.received]
-    assert paths == ["/v1/chat/completions", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"]
+    assert paths == ["/v1/chat/completions", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
     for received in fake.received:
         assert received.headers["Authorization"] == f"Bearer {KEY}"
         assert "agent-key" not in str(received.headers)

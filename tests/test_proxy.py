@@ -111,13 +111,12 @@ async def test_default_model_is_applied(
 
 
 async def test_generic_v1_path_passes_through(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
-    _fake, base = upstream
+    fake, base = upstream
     client = await proxy_for(aiohttp_client, base)
     resp = await client.delete("/v1/files/file-abc?purpose=x&b=%20y")
     assert resp.status == 200
     assert await resp.json() == {"echo": "/v1/files/file-abc", "method": "DELETE", "query": "purpose=x&b=%20y"}
-    models = await client.get("/v1/models")
-    assert (await models.json())["data"][0]["id"] == "fake-model"
+    assert [r.path for r in fake.received] == ["/v1/files/file-abc"]
 
 
 async def test_base_url_without_v1_prefix(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
@@ -185,13 +184,25 @@ async def test_body_over_limit_is_413(aiohttp_client: Any, upstream: tuple[FakeU
     assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
 
 
-async def test_no_upstream_is_503(aiohttp_client: Any) -> None:
-    client = await aiohttp_client(create_app(make_config()))
+async def test_no_upstream_and_no_fallback_is_503(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(make_config({"fallback": {"mode": "error"}})))
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.status == 503
     assert_envelope(await resp.json(), "no_healthy_upstream")
     assert (await client.get("/readyz")).status == 503
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_no_upstream_answers_from_the_fallback(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(make_config()))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200
+    assert resp.headers["X-Airgap-Upstream"] == "deterministic"
+    assert (await resp.json())["system_fingerprint"] == "fp_airgap_deterministic"
+    assert (await client.get("/readyz")).status == 200
+    other = await client.get("/v1/files")
+    assert other.status == 503
+    assert_envelope(await other.json(), "no_healthy_upstream")
 
 
 async def test_unknown_path_and_dot_segments(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
@@ -299,10 +310,21 @@ async def test_hosted_provider_type_is_refused_even_on_a_local_url(
 
 
 async def test_connection_refused_is_502(aiohttp_client: Any, unused_tcp_port: int) -> None:
-    client = await proxy_for(aiohttp_client, f"http://127.0.0.1:{unused_tcp_port}/v1")
+    client = await proxy_for(aiohttp_client, f"http://127.0.0.1:{unused_tcp_port}/v1", {"fallback": {"mode": "error"}})
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.status == 502
     assert_envelope(await resp.json(), "upstream_error")
+    resp = await client.get("/v1/files")  # no fallback for this endpoint in any mode
+    expected = {502: "upstream_error", 503: "no_healthy_upstream"}  # 503 once health marked it down
+    assert resp.status in expected
+    assert_envelope(await resp.json(), expected[resp.status])
+
+
+async def test_connection_refused_falls_back_for_core_endpoints(aiohttp_client: Any, unused_tcp_port: int) -> None:
+    client = await proxy_for(aiohttp_client, f"http://127.0.0.1:{unused_tcp_port}/v1")
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200
+    assert resp.headers["X-Airgap-Upstream"] == "deterministic"
 
 
 async def test_slow_upstream_is_504(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:

@@ -35,7 +35,9 @@ NORMALISATION_CASES = [
     pytest.param(
         "HTTP://LocalHost:11434/V1", ("http", "localhost", 11434, "/V1", "http://localhost:11434/V1", None), id="case"
     ),
-    pytest.param("http://localhost./v1", ("http", "localhost", 80, "/v1", "http://localhost/v1", None), id="trailing dot"),
+    pytest.param(
+        "http://localhost./v1", ("http", "localhost", 80, "/v1", "http://localhost/v1", None), id="trailing dot"
+    ),
     pytest.param(
         "https://API.OpenAI.com./v1",
         ("https", "api.openai.com", 443, "/v1", "https://api.openai.com/v1", None),
@@ -43,9 +45,13 @@ NORMALISATION_CASES = [
     ),
     pytest.param("http://localhost", ("http", "localhost", 80, "", "http://localhost", None), id="no path"),
     pytest.param("http://localhost/", ("http", "localhost", 80, "/", "http://localhost/", None), id="root path"),
-    pytest.param("http://localhost:80/", ("http", "localhost", 80, "/", "http://localhost/", None), id="default port http"),
     pytest.param(
-        "https://localhost:443/v1", ("https", "localhost", 443, "/v1", "https://localhost/v1", None), id="default port https"
+        "http://localhost:80/", ("http", "localhost", 80, "/", "http://localhost/", None), id="default port http"
+    ),
+    pytest.param(
+        "https://localhost:443/v1",
+        ("https", "localhost", 443, "/v1", "https://localhost/v1", None),
+        id="default port https",
     ),
     pytest.param(
         "http://localhost:443/v1",
@@ -53,11 +59,17 @@ NORMALISATION_CASES = [
         id="https port on http is kept",
     ),
     pytest.param(
-        "https://localhost:80", ("https", "localhost", 80, "", "https://localhost:80", None), id="http port on https is kept"
+        "https://localhost:80",
+        ("https", "localhost", 80, "", "https://localhost:80", None),
+        id="http port on https is kept",
     ),
-    pytest.param("http://localhost:/v1", ("http", "localhost", 80, "/v1", "http://localhost/v1", None), id="empty port"),
     pytest.param(
-        "http://localhost:08080", ("http", "localhost", 8080, "", "http://localhost:8080", None), id="port leading zeros"
+        "http://localhost:/v1", ("http", "localhost", 80, "/v1", "http://localhost/v1", None), id="empty port"
+    ),
+    pytest.param(
+        "http://localhost:08080",
+        ("http", "localhost", 8080, "", "http://localhost:8080", None),
+        id="port leading zeros",
     ),
     pytest.param(
         "http://localhost:65535", ("http", "localhost", 65535, "", "http://localhost:65535", None), id="highest port"
@@ -69,7 +81,9 @@ NORMALISATION_CASES = [
         id="query without path gets a slash",
     ),
     pytest.param(
-        "http://localhost/v1?x=1#frag", ("http", "localhost", 80, "/v1?x=1", "http://localhost/v1?x=1", None), id="fragment"
+        "http://localhost/v1?x=1#frag",
+        ("http", "localhost", 80, "/v1?x=1", "http://localhost/v1?x=1", None),
+        id="fragment",
     ),
     pytest.param("http://localhost#x?y", ("http", "localhost", 80, "", "http://localhost", None), id="fragment only"),
     pytest.param(
@@ -87,7 +101,9 @@ NORMALISATION_CASES = [
         ("http", "vllm.llm.svc.cluster.local", 8000, "/v1", "http://vllm.llm.svc.cluster.local:8000/v1", None),
         id="cluster name",
     ),
-    pytest.param("http://llama_cpp:8080", ("http", "llama_cpp", 8080, "", "http://llama_cpp:8080", None), id="underscore"),
+    pytest.param(
+        "http://llama_cpp:8080", ("http", "llama_cpp", 8080, "", "http://llama_cpp:8080", None), id="underscore"
+    ),
     pytest.param(
         "http://bücher.example/",
         ("http", "xn--bcher-kva.example", 80, "/", "http://xn--bcher-kva.example/", None),
@@ -114,13 +130,19 @@ NORMALISATION_CASES = [
         id="unicode dots and trailing unicode dot",
     ),
     pytest.param(
-        "http://api.open\u00adai.com", ("http", "api.openai.com", 80, "", "http://api.openai.com", None), id="soft hyphen"
+        "http://api.open\u00adai.com",
+        ("http", "api.openai.com", 80, "", "http://api.openai.com", None),
+        id="soft hyphen",
     ),
     pytest.param(
         "http://\u24dbocalhost", ("http", "localhost", 80, "", "http://localhost", None), id="circled letter maps"
     ),
     # IPv4 in every notation
-    pytest.param("http://127.0.0.1:8000/v1", ("http", "127.0.0.1", 8000, "/v1", "http://127.0.0.1:8000/v1", LOOPBACK), id="dotted"),
+    pytest.param(
+        "http://127.0.0.1:8000/v1",
+        ("http", "127.0.0.1", 8000, "/v1", "http://127.0.0.1:8000/v1", LOOPBACK),
+        id="dotted",
+    ),
     pytest.param("http://2130706433", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="decimal"),
     pytest.param("http://0177.0.0.1", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="octal"),
     pytest.param("http://0x7f.0.0.1", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="hex first part"),
@@ -130,15 +152,23 @@ NORMALISATION_CASES = [
     pytest.param("http://127.1", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="short two parts"),
     pytest.param("http://127.0.1", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="short three parts"),
     pytest.param("http://0x7f.1", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="hex short"),
-    pytest.param("http://0x7f.0.0.01", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="mixed hex octal"),
-    pytest.param("http://127.0.0.1.", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="ipv4 trailing dot"),
+    pytest.param(
+        "http://0x7f.0.0.01", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="mixed hex octal"
+    ),
+    pytest.param(
+        "http://127.0.0.1.", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="ipv4 trailing dot"
+    ),
     pytest.param("http://0000000177.1", ("http", "127.0.0.1", 80, "", "http://127.0.0.1", LOOPBACK), id="octal zeros"),
     pytest.param("http://10.1", ("http", "10.0.0.1", 80, "", "http://10.0.0.1", v4("10.0.0.1")), id="short 10.1"),
     pytest.param(
-        "http://192.168.257", ("http", "192.168.1.1", 80, "", "http://192.168.1.1", v4("192.168.1.1")), id="3 parts carry"
+        "http://192.168.257",
+        ("http", "192.168.1.1", 80, "", "http://192.168.1.1", v4("192.168.1.1")),
+        id="3 parts carry",
     ),
     pytest.param(
-        "http://0300.0250.1.1", ("http", "192.168.1.1", 80, "", "http://192.168.1.1", v4("192.168.1.1")), id="octal 192.168"
+        "http://0300.0250.1.1",
+        ("http", "192.168.1.1", 80, "", "http://192.168.1.1", v4("192.168.1.1")),
+        id="octal 192.168",
     ),
     pytest.param(
         "http://2852039166",
@@ -179,7 +209,14 @@ NORMALISATION_CASES = [
     ),
     pytest.param(
         "http://[::ffff:127.0.0.1]",
-        ("http", v6("::ffff:7f00:1").compressed, 80, "", f"http://[{v6('::ffff:7f00:1').compressed}]", v6("::ffff:7f00:1")),
+        (
+            "http",
+            v6("::ffff:7f00:1").compressed,
+            80,
+            "",
+            f"http://[{v6('::ffff:7f00:1').compressed}]",
+            v6("::ffff:7f00:1"),
+        ),
         id="ipv4-mapped",
     ),
     pytest.param(
@@ -187,9 +224,7 @@ NORMALISATION_CASES = [
         ("http", v6("::7f00:1").compressed, 80, "", f"http://[{v6('::7f00:1').compressed}]", v6("::7f00:1")),
         id="ipv4-compatible",
     ),
-    pytest.param(
-        "http://[::]", ("http", "::", 80, "", "http://[::]", v6("::")), id="ipv6 unspecified"
-    ),
+    pytest.param("http://[::]", ("http", "::", 80, "", "http://[::]", v6("::")), id="ipv6 unspecified"),
 ]
 
 
@@ -380,7 +415,7 @@ def render_ipv4(address: ipaddress.IPv4Address, parts: int, bases: list[str], up
 
 @st.composite
 def ipv4_notations(draw: st.DrawFn) -> tuple[ipaddress.IPv4Address, str]:
-    address = draw(st.ip_addresses(v=4))
+    address = ipaddress.IPv4Address(int(draw(st.ip_addresses(v=4))))
     parts = draw(st.integers(1, 4))
     bases = draw(st.lists(st.sampled_from(["dec", "oct", "hex"]), min_size=parts, max_size=parts))
     return address, render_ipv4(address, parts, bases, draw(st.booleans()))
@@ -388,7 +423,7 @@ def ipv4_notations(draw: st.DrawFn) -> tuple[ipaddress.IPv4Address, str]:
 
 @st.composite
 def ipv6_literals(draw: st.DrawFn) -> tuple[ipaddress.IPv6Address, str]:
-    address = draw(st.ip_addresses(v=6))
+    address = ipaddress.IPv6Address(int(draw(st.ip_addresses(v=6))))
     style = draw(st.sampled_from(["compressed", "exploded", "upper", "mapped"]))
     if style == "mapped":
         embedded = draw(st.ip_addresses(v=4))
@@ -398,8 +433,11 @@ def ipv6_literals(draw: st.DrawFn) -> tuple[ipaddress.IPv6Address, str]:
     return address, text.upper() if style == "upper" else text
 
 
-LABEL = st.from_regex(r"[a-z0-9_]([a-z0-9_-]{0,12}[a-z0-9_])?", fullmatch=True)
-TLD = st.from_regex(r"[a-z][a-z0-9-]{0,8}[a-z]", fullmatch=True)
+LABEL = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=14).filter(
+    lambda s: not s.startswith("-") and not s.endswith("-")
+)
+TLD = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=3).map(lambda s: s + "x")
+PATH_SEGMENT = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._~!$&'()*+,;=:@%-", max_size=8)
 UNICODE_LABEL = st.sampled_from(["bücher", "ａｐｉ", "例え", "ÖSTERREICH", "straße", "münchen"])
 
 
@@ -426,7 +464,8 @@ def urls(draw: st.DrawFn) -> str:
     else:
         host = "[" + draw(ipv6_literals())[1] + "]"
     port = draw(st.one_of(st.none(), st.integers(1, 65535), st.sampled_from([80, 443])))
-    path = draw(st.from_regex(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*(\?[A-Za-z0-9=&/?-]*)?(#[a-z]*)?", fullmatch=True))
+    path = "".join("/" + segment for segment in draw(st.lists(PATH_SEGMENT, max_size=3)))
+    path += draw(st.sampled_from(["", "?", "?stream=true&x=/y?z", "#frag", "?a=1#b"]))
     return f"{scheme}://{host}{'' if port is None else f':{port}'}{path}"
 
 
@@ -443,7 +482,7 @@ def test_normalisation_is_idempotent(raw: str) -> None:
     assert again.url == target.url
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ipv4_notations(), st.booleans())
 def test_every_ipv4_notation_denotes_its_address(case: tuple[ipaddress.IPv4Address, str], dot: bool) -> None:
     address, text = case
@@ -462,7 +501,7 @@ def test_every_ipv6_literal_denotes_its_address(case: tuple[ipaddress.IPv6Addres
     assert target.host == address.compressed
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.one_of(st.text(), st.text().map(lambda s: "http://" + s), urls().map(lambda u: u[:-1] + "\x00")))
 def test_parse_target_raises_only_target_error(raw: str) -> None:
     try:

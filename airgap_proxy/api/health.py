@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from airgap_proxy.config import FallbackMode
 from airgap_proxy.state import STATE
 
 
@@ -13,18 +14,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Config loaded, egress client running, and something can answer requests."""
+    """Ready when the proxy can answer: a permitted, available upstream or the fallback."""
     state = request.app[STATE]
-    permitted = [
-        name
-        for name, decision in state.decisions.items()
-        if decision is None or decision.is_local or not state.config.airgapped
-    ]
     if not state.started:
         return web.json_response({"status": "starting"}, status=503)
-    if not permitted:
+    available = [n for n in state.pool.runtimes if state.pool.permitted(n) and state.pool.view(n).available]
+    fallback = state.config.fallback.mode is FallbackMode.DETERMINISTIC
+    if not available and not fallback:
         return web.json_response(
-            {"status": "not_ready", "reason": "no upstream is configured that the egress policy permits"},
+            {"status": "not_ready", "reason": "no permitted upstream is available and the fallback is disabled"},
             status=503,
         )
-    return web.json_response({"status": "ready", "upstreams": permitted})
+    return web.json_response({"status": "ready", "upstreams": available, "fallback": fallback})

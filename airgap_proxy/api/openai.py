@@ -4,12 +4,16 @@ For each request:
 
 1. Read the body within ``limits.max_body_bytes`` (413 past it).
 2. Parse what routing needs (model, stream); 400 for malformed core requests.
-3. Route by model; take the first candidate.
-4. Apply the policy verdict computed at load. External or invalid while
-   air-gapped: 422, and no connection is opened. Report-only: forward and
-   record ``would_block``.
-5. Send through the egress client (which re-checks every address at connect
-   time) and relay the response chunk by chunk as it arrives.
+3. ``X-Airgap-Mode: deterministic`` answers from the fallback at once.
+4. Route by model (404 if no upstream serves it) and plan the attempts:
+   policy-permitted, available upstreams by priority and load.
+5. Every candidate refused by the policy while air-gapped: 422, and no
+   connection is opened. Report-only mode forwards and records ``would_block``.
+6. Nothing available: the deterministic fallback (or 503 in ``error`` mode).
+7. Send through the egress client (which re-checks every address at connect
+   time). A connect failure or a 5xx before any byte reached the client is
+   retried once on the next candidate; then the response is relayed chunk by
+   chunk as it arrives.
 """
 
 from __future__ import annotations
@@ -20,21 +24,28 @@ import json
 import aiohttp
 from aiohttp import web
 
+from airgap_proxy import fallback_http, policy, routing
 from airgap_proxy import payload as payload_mod
-from airgap_proxy import policy, routing
 from airgap_proxy.audit import Action, Audit
-from airgap_proxy.errors import AirgapViolation, InvalidRequest, ProxyError, RequestTooLarge, UpstreamError
+from airgap_proxy.errors import (
+    AirgapViolation,
+    InvalidRequest,
+    NoHealthyUpstream,
+    ProxyError,
+    RequestTooLarge,
+    UpstreamError,
+)
 from airgap_proxy.headers import (
     REQUEST_ID_HEADER,
     UPSTREAM_HEADER,
     client_response_headers,
     upstream_request_headers,
 )
-from airgap_proxy.logs import get_logger
 from airgap_proxy.state import AUDIT_KEY, STATE, AppState
+from airgap_proxy.upstreams import UpstreamRuntime
 
-_log = get_logger("airgap_proxy.proxy")
 SSE_CONTENT_TYPE = "text/event-stream"
+MODE_HEADER = "X-Airgap-Mode"
 _FORBIDDEN_SEGMENTS = frozenset({"..", ".", "%2e%2e", "%2e", ".%2e", "%2e."})
 
 
@@ -77,45 +88,89 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     audit.stream = parsed.stream
     model = routing.requested_model(parsed.model, config.default_model)
     audit.model = model
+    if request.headers.get(MODE_HEADER, "").lower() == "deterministic":
+        return await fallback_http.respond(request, state, tail, parsed, model, forced=True)
+    if tail == "models" and request.method == "GET":
+        return fallback_http.models_response(state, audit)
+    if not config.upstreams:
+        return await fallback_http.respond(request, state, tail, parsed, model, forced=False)
     candidates = routing.route(config.upstreams, model)
-    candidate = candidates[0]
-    upstream = candidate.upstream
-    audit.upstream = upstream.name
-    if candidate.model is not None and candidate.model != parsed.model and parsed.data is not None:
-        body = payload_mod.with_model(parsed, candidate.model)
-    await _apply_policy(state, upstream.name, audit)
-    assert upstream.target is not None  # invalid targets were refused by _apply_policy
-    url = upstream_url(upstream.target.url, tail, request.rel_url.raw_query_string)
-    headers = upstream_request_headers(request.headers, upstream.api_key, audit.request_id)
-    try:
-        response = await state.egress.request(request.method, url, headers=headers, body=body or None)
-    except AirgapViolation as exc:
-        audit.verdict = policy.Verdict.EXTERNAL.value
-        audit.reason = exc.message
-        raise
-    try:
-        return await _relay(request, state, response, audit)
-    finally:
-        response.release()
+    permitted = [c for c in candidates if state.pool.permitted(c.upstream.name)]
+    if not permitted:
+        _refuse(state, candidates[0].upstream.name, audit)
+    attempts = routing.plan(permitted, state.pool.view)
+    if not attempts:
+        audit.upstream = permitted[0].upstream.name
+        return await fallback_http.respond(request, state, tail, parsed, model, forced=False)
+    for number, candidate in enumerate(attempts, start=1):
+        last = number == len(attempts)
+        runtime = state.pool.runtimes[candidate.upstream.name]
+        _record_policy(state, runtime, audit)
+        send_body = body
+        if candidate.model is not None and candidate.model != parsed.model and parsed.data is not None:
+            send_body = payload_mod.with_model(parsed, candidate.model)
+        runtime.in_flight += 1
+        try:
+            try:
+                response = await _send(request, state, runtime, tail=tail, body=send_body, audit=audit)
+            except UpstreamError as exc:
+                state.pool.observe(runtime.config.name, False, exc.message)
+                if last:
+                    if fallback_http.enabled_for(state, tail, request.method):
+                        return await fallback_http.respond(request, state, tail, parsed, model, forced=False)
+                    raise
+                continue
+            try:
+                if response.status >= 500 and not last:
+                    state.pool.observe(runtime.config.name, False, f"HTTP {response.status}")
+                    continue
+                state.pool.observe(runtime.config.name, response.status < 500, f"HTTP {response.status}")
+                return await _relay(request, state, response, audit)
+            finally:
+                response.release()
+        finally:
+            runtime.in_flight -= 1
+    raise NoHealthyUpstream("no upstream could be reached")  # pragma: no cover - the loop always returns
 
 
-async def _apply_policy(state: AppState, name: str, audit: Audit) -> None:
-    decision = state.decisions.get(name)
+def _refuse(state: AppState, name: str, audit: Audit) -> None:
+    decision = state.pool.runtimes[name].decision
+    assert decision is not None
+    audit.upstream = name
+    audit.verdict = decision.verdict.value
+    audit.reason = decision.reason
+    audit.rule = decision.rule.value
+    raise AirgapViolation(decision.reason)
+
+
+def _record_policy(state: AppState, runtime: UpstreamRuntime, audit: Audit) -> None:
+    audit.upstream = runtime.config.name
+    decision = runtime.decision
     if decision is None:
         audit.decision = Action.FORWARD
         audit.verdict = policy.Verdict.LOCAL.value
         audit.reason = "addresses checked at connect time"
+        audit.rule = None
         return
     audit.verdict = decision.verdict.value
     audit.reason = decision.reason
     audit.rule = decision.rule.value
-    if decision.is_local:
-        audit.decision = Action.FORWARD
-        return
-    if state.config.airgapped or decision.verdict is policy.Verdict.INVALID:
-        # An invalid URL cannot be forwarded safely even in report-only mode.
-        raise AirgapViolation(decision.reason)
-    audit.decision = Action.WOULD_BLOCK
+    audit.decision = Action.FORWARD if decision.is_local else Action.WOULD_BLOCK
+
+
+async def _send(
+    request: web.Request, state: AppState, runtime: UpstreamRuntime, *, tail: str, body: bytes, audit: Audit
+) -> aiohttp.ClientResponse:
+    upstream = runtime.config
+    assert upstream.target is not None  # invalid targets are never permitted
+    url = upstream_url(upstream.target.url, tail, request.rel_url.raw_query_string)
+    headers = upstream_request_headers(request.headers, upstream.api_key, audit.request_id)
+    try:
+        return await state.egress.request(request.method, url, headers=headers, body=body or None)
+    except AirgapViolation as exc:
+        audit.verdict = policy.Verdict.EXTERNAL.value
+        audit.reason = exc.message
+        raise
 
 
 async def _relay(
@@ -141,10 +196,11 @@ async def _relay(
             audit.bytes_out += len(chunk)
             await response.write(chunk)
     except ProxyError as exc:
+        # Bytes were sent: the status cannot change any more. End cleanly.
         audit.error_code = exc.code
         audit.error = exc.message
         if is_sse:
-            await response.write(_sse_error(exc))
+            await response.write(sse_error(exc))
             await response.write_eof()
         elif request.transport is not None:
             # The body is cut short: close the connection so the client sees it.
@@ -158,5 +214,5 @@ async def _relay(
     return response
 
 
-def _sse_error(error: ProxyError) -> bytes:
+def sse_error(error: ProxyError) -> bytes:
     return b"data: " + json.dumps(error.envelope(), separators=(",", ":")).encode() + b"\n\n"

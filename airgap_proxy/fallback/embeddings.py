@@ -1,0 +1,126 @@
+"""Deterministic ``/v1/embeddings`` bodies (pure).
+
+Each input becomes a unit vector seeded by the model and the input alone (not
+by its position or the rest of the batch), so the same text always embeds the
+same way and identical texts are identical vectors:
+
+- seed: SHA-256 of the model name and the canonical input (a string, or the
+  token ids);
+- components: block ``i`` is ``sha256(seed + i)``, read as eight little-endian
+  uint32 mapped to ``[-1, 1)``; the first ``dimensions`` components are kept,
+  so a shorter vector is a prefix of a longer one before normalisation (like
+  OpenAI's shortened ``text-embedding-3`` vectors);
+- the vector is scaled to L2 norm 1 and rounded to float32, the precision
+  OpenAI returns. ``encoding_format: "float"`` lists those float32 values
+  exactly; ``"base64"`` (what the OpenAI SDK asks for by default) is the same
+  values as a little-endian float32 array, so both decode to equal vectors.
+
+``dimensions`` defaults to 1536 (``text-embedding-3-small``,
+``text-embedding-ada-002``) and may be 1 to 4096. ``usage`` counts tokens with
+the same estimate as the other endpoints; token-id inputs count their ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import struct
+from typing import Any
+
+from airgap_proxy.errors import InvalidRequest
+from airgap_proxy.fallback import request, text, wire
+from airgap_proxy.fallback.seed import Seed
+
+DEFAULT_DIMENSIONS = 1536
+MAX_DIMENSIONS = 4096
+MAX_INPUTS = 2048
+_PER_BLOCK = 8  # uint32 per SHA-256 digest
+_SCALE = 2.0 / 4294967296.0
+
+
+def embeddings(data: dict[str, Any], model: str) -> bytes:
+    """The embeddings list JSON body for ``data``, as bytes."""
+    inputs = _read_inputs(data)
+    dimensions = _read_dimensions(data)
+    as_base64 = _read_encoding(data)
+    items = []
+    prompt_tokens = 0
+    for index, (key, tokens) in enumerate(inputs):
+        vector = unit_vector(Seed.of(b"embedding", model.encode("utf-8", "surrogatepass"), key), dimensions)
+        encoded: Any = (
+            base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii") if as_base64 else vector
+        )
+        items.append({"object": "embedding", "index": index, "embedding": encoded})
+        prompt_tokens += tokens
+    return wire.encode(
+        {
+            "object": "list",
+            "data": items,
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+    )
+
+
+def unit_vector(seed: Seed, dimensions: int) -> list[float]:
+    """``dimensions`` float32-exact components with L2 norm 1, derived from ``seed``."""
+    blocks = -(-dimensions // _PER_BLOCK)
+    raw = b"".join(hashlib.sha256(seed.digest + i.to_bytes(4, "big")).digest() for i in range(blocks))
+    values = [u * _SCALE - 1.0 for u in struct.unpack(f"<{blocks * _PER_BLOCK}I", raw)[:dimensions]]
+    norm = math.sqrt(math.fsum(v * v for v in values))
+    if norm == 0.0:  # only if every component is exactly zero; keep the promise of a unit vector
+        values[0], norm = 1.0, 1.0
+    scaled = [v / norm for v in values]
+    return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *scaled)))
+
+
+def _read_inputs(data: dict[str, Any]) -> list[tuple[bytes, int]]:
+    """Each input as ``(seed bytes, token count)``."""
+    raw = data.get("input")
+    if isinstance(raw, str) and raw:
+        return [_text_input(raw)]
+    if isinstance(raw, list) and 0 < len(raw) <= MAX_INPUTS:
+        if all(isinstance(x, str) and x for x in raw):
+            return [_text_input(x) for x in raw]
+        if all(request.is_int(x) for x in raw):
+            return [_token_input(raw)]
+        if all(isinstance(x, list) and x and all(request.is_int(t) for t in x) for x in raw):
+            return [_token_input(x) for x in raw]
+    raise InvalidRequest(
+        "Invalid value for 'input': expected a non-empty string, an array of non-empty strings, "
+        f"an array of token ids or an array of arrays of token ids (at most {MAX_INPUTS} inputs)",
+        param="input",
+    )
+
+
+def _text_input(value: str) -> tuple[bytes, int]:
+    return b"s" + value.encode("utf-8", "surrogatepass"), text.count_tokens(value)
+
+
+def _token_input(tokens: list[int]) -> tuple[bytes, int]:
+    return b"t" + ",".join(map(str, tokens)).encode("ascii"), len(tokens)
+
+
+def _read_dimensions(data: dict[str, Any]) -> int:
+    dimensions = data.get("dimensions")
+    if dimensions is None:
+        return DEFAULT_DIMENSIONS
+    if not request.is_int(dimensions) or not 1 <= dimensions <= MAX_DIMENSIONS:
+        raise InvalidRequest(
+            f"Invalid value for 'dimensions': expected an integer from 1 to {MAX_DIMENSIONS}, got {dimensions!r}",
+            param="dimensions",
+        )
+    return int(dimensions)
+
+
+def _read_encoding(data: dict[str, Any]) -> bool:
+    """Whether the vectors are sent as base64."""
+    encoding = data.get("encoding_format")
+    if encoding is None or encoding == "float":
+        return False
+    if encoding == "base64":
+        return True
+    raise InvalidRequest(
+        f"Invalid value for 'encoding_format': expected 'float' or 'base64', got {encoding!r}", param="encoding_format"
+    )

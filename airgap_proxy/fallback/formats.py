@@ -1,0 +1,320 @@
+"""JSON Schema ``format``: deterministic example strings and checks (pure).
+
+Each generator takes a seed and the wanted length range and returns a string
+in that format, or ``None`` when the format cannot be that long or short.
+Checks follow what ``jsonschema``'s ``FormatChecker`` accepts (RFC 3339 dates
+and times, RFC 3986 URIs, RFC 1123 host names); they are used to pick a value
+from an ``enum`` or ``const`` that must also have a format. Formats not listed
+here are annotations: any string passes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+
+from airgap_proxy.fallback.seed import Seed
+
+_LABEL_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima")
+_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_TIME = re.compile(r"(\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"{}|\\^`]*")
+_URI_REFERENCE = re.compile(r"[^\s<>\"{}|\\^`]*")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_DURATION = re.compile(r"P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?")
+_JSON_POINTER = re.compile(r"(/([^/~]|~[01])*)*")
+
+
+def _word(seed: Seed, label: str) -> str:
+    return _WORDS[seed.child(label).below(len(_WORDS))]
+
+
+def _filler(seed: Seed, n: int) -> str:
+    digest = seed.child("filler").digest
+    return "".join(_LABEL_CHARS[digest[i % 32] % 26 + (i // 32) % 10] for i in range(n))
+
+
+def _fixed(text: str, lo: int, hi: int | None) -> str | None:
+    return text if lo <= len(text) and (hi is None or len(text) <= hi) else None
+
+
+def _date(seed: Seed) -> str:
+    year = 2000 + seed.child("year").below(30)
+    month = 1 + seed.child("month").below(12)
+    day = 1 + seed.child("day").below(28)
+    return f"{year:04d}-{month:02d}-{day:02d}"
+
+
+def _time(seed: Seed) -> str:
+    n = seed.child("time").below(86_400)
+    return f"{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}"
+
+
+def gen_date(seed: Seed, lo: int, hi: int | None) -> str | None:
+    return _fixed(_date(seed), lo, hi)
+
+
+def gen_time(seed: Seed, lo: int, hi: int | None) -> str | None:
+    return _stretch_seconds(_time(seed), "Z", lo, hi)
+
+
+def gen_date_time(seed: Seed, lo: int, hi: int | None) -> str | None:
+    return _stretch_seconds(f"{_date(seed)}T{_time(seed)}", "Z", lo, hi)
+
+
+def _stretch_seconds(stem: str, zone: str, lo: int, hi: int | None) -> str | None:
+    """``stem + zone``, with fractional seconds (``.000...``) added to reach ``lo``."""
+    text = stem + zone
+    if len(text) < lo:
+        digits = max(1, lo - len(text) - 1)
+        text = f"{stem}.{'0' * digits}{zone}"
+        if len(text) < lo:  # a longer zone: +00:00 instead of Z
+            text = f"{stem}.{'0' * max(1, lo - len(stem) - 7)}+00:00"
+    return _fixed(text, lo, hi)
+
+
+def gen_email(seed: Seed, lo: int, hi: int | None) -> str | None:
+    local = f"{_word(seed, 'user')}.{_word(seed, 'name')}"
+    domain = "example.com"
+    short = lo - len(local) - 1 - len(domain)
+    if short > 0:
+        local += _filler(seed, min(short, 64 - len(local)))
+        short = lo - len(local) - 1 - len(domain)
+        if short > 0:
+            domain = _padded_host(seed, domain, short)
+    if hi is not None and len(local) + 1 + len(domain) > hi:
+        local = local[: max(1, hi - 1 - len("x.io"))]
+        domain = "x.io"
+    return _fixed(f"{local}@{domain}", lo, hi)
+
+
+def _padded_host(seed: Seed, host: str, extra: int) -> str:
+    """``host`` with labels prepended so that it is ``extra`` characters longer."""
+    labels: list[str] = []
+    while extra >= 2:
+        size = min(63, extra - 1)
+        labels.append(_filler(seed.child(len(labels)), size))
+        extra -= size + 1
+    if extra == 1:
+        if labels and len(labels[-1]) < 63:
+            labels[-1] += "a"
+        else:
+            host = "a" + host
+    return ".".join([*labels, host])
+
+
+def gen_hostname(seed: Seed, lo: int, hi: int | None) -> str | None:
+    host = f"{_word(seed, 'host')}-{seed.child('n').below(100)}.example.com"
+    if len(host) < lo:
+        host = _padded_host(seed, host, lo - len(host))
+    if hi is not None and len(host) > hi:
+        host = (_word(seed, "host") + "-" + _filler(seed, 63))[: max(1, hi)].rstrip("-")
+    return host if lo <= len(host) <= 253 and (hi is None or len(host) <= hi) and check_hostname(host) else None
+
+
+def gen_uri(seed: Seed, lo: int, hi: int | None) -> str | None:
+    uri = f"https://example.com/{_word(seed, 'path')}/{seed.child('n').below(1000)}"
+    if len(uri) < lo:
+        uri += "/" + _filler(seed, lo - len(uri) - 1) if lo - len(uri) > 1 else "x"
+    if hi is not None and len(uri) > hi:
+        uri = ("urn:" + _filler(seed, 64))[:hi]
+    return uri if len(uri) >= 5 and check_uri(uri) and _fixed(uri, lo, hi) else None
+
+
+def gen_uri_reference(seed: Seed, lo: int, hi: int | None) -> str | None:
+    ref = f"/{_word(seed, 'path')}/{seed.child('n').below(1000)}"
+    if len(ref) < lo:
+        ref += "/" + _filler(seed, lo - len(ref) - 1) if lo - len(ref) > 1 else "x"
+    if hi is not None and len(ref) > hi:
+        ref = ref[:hi]
+    return _fixed(ref, lo, hi)
+
+
+def gen_uuid(seed: Seed, lo: int, hi: int | None) -> str | None:
+    h = seed.child("uuid").digest.hex()
+    variant = "89ab"[int(h[16], 16) % 4]
+    return _fixed(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}", lo, hi)
+
+
+def gen_ipv4(seed: Seed, lo: int, hi: int | None) -> str | None:
+    # TEST-NET-3 (RFC 5737): documentation addresses, never routed.
+    last = 1 + seed.child("ip").below(254)
+    text = f"203.0.113.{last}"
+    if len(text) < lo <= 15:
+        text = f"203.0.113.{100 + last % 155}"
+    return _fixed(text, lo, hi)
+
+
+def gen_ipv6(seed: Seed, lo: int, hi: int | None) -> str | None:
+    # 2001:db8::/32 (RFC 3849): documentation addresses.
+    h = seed.child("ip6").digest.hex()
+    full = "2001:db8:" + ":".join(h[i : i + 4] for i in range(0, 24, 4))
+    for text in (f"2001:db8::{h[:4].lstrip('0') or '1'}", full):
+        if _fixed(text, lo, hi):
+            return text
+    return None
+
+
+def gen_duration(seed: Seed, lo: int, hi: int | None) -> str | None:
+    text = f"P{1 + seed.child('d').below(30)}DT{seed.child('h').below(24)}H"
+    if len(text) < lo:
+        text = f"P{1 + seed.child('d').below(30)}DT{seed.child('h').below(24)}H{'1'.rjust(lo - len(text) - 1, '0')}M"
+    return _fixed(text, lo, hi)
+
+
+def gen_json_pointer(seed: Seed, lo: int, hi: int | None) -> str | None:
+    text = f"/{_word(seed, 'ptr')}/0"
+    if len(text) < lo:
+        text += "/" + _filler(seed, lo - len(text) - 1) if lo - len(text) > 1 else "0"
+    return _fixed(text, lo, hi)
+
+
+def gen_regex(seed: Seed, lo: int, hi: int | None) -> str | None:
+    text = f"^{_word(seed, 're')}[0-9]*$"
+    if len(text) < lo:
+        text = text[:-1] + "x" * (lo - len(text)) + "$"
+    return _fixed(text, lo, hi)
+
+
+def check_date(text: str) -> bool:
+    match = _DATE.fullmatch(text)
+    if match is None:
+        return False
+    year, month, day = (int(g) for g in match.groups())
+    if not 1 <= month <= 12 or day < 1:
+        return False
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    limit = 28 if month == 2 and not leap else _DAYS_IN_MONTH[month - 1]
+    return day <= limit
+
+
+def check_time(text: str) -> bool:
+    match = _TIME.fullmatch(text)
+    if match is None:
+        return False
+    hour, minute, second = int(match.group(1)), int(match.group(2)), int(match.group(3))
+    if hour > 23 or minute > 59 or second > 60:
+        return False
+    return match.group(6) is None or (int(match.group(6)) <= 23 and int(match.group(7)) <= 59)
+
+
+def check_date_time(text: str) -> bool:
+    date, sep, time = text.partition("T") if "T" in text else text.partition("t")
+    return bool(sep) and check_date(date) and check_time(time)
+
+
+def check_email(text: str) -> bool:
+    return "@" in text
+
+
+def check_hostname(text: str) -> bool:
+    host = text[:-1] if text.endswith(".") else text
+    if not host or len(host) > 253:
+        return False
+    labels = host.split(".")
+    if not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return False
+    return not labels[-1].isdigit()
+
+
+def check_uri(text: str) -> bool:
+    return _URI.fullmatch(text) is not None
+
+
+def check_uri_reference(text: str) -> bool:
+    return _URI_REFERENCE.fullmatch(text) is not None
+
+
+def check_uuid(text: str) -> bool:
+    return _UUID.fullmatch(text) is not None
+
+
+def check_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_duration(text: str) -> bool:
+    return _DURATION.fullmatch(text) is not None and not text.endswith("T")
+
+
+def check_json_pointer(text: str) -> bool:
+    return _JSON_POINTER.fullmatch(text) is not None
+
+
+def check_regex(text: str) -> bool:
+    try:
+        re.compile(text)
+    except (re.error, OverflowError, RecursionError):
+        return False
+    return True
+
+
+Generator = Callable[[Seed, int, "int | None"], "str | None"]
+
+GENERATORS: dict[str, Generator] = {
+    "date": gen_date,
+    "time": gen_time,
+    "date-time": gen_date_time,
+    "email": gen_email,
+    "idn-email": gen_email,
+    "hostname": gen_hostname,
+    "idn-hostname": gen_hostname,
+    "uri": gen_uri,
+    "iri": gen_uri,
+    "uri-reference": gen_uri_reference,
+    "iri-reference": gen_uri_reference,
+    "uuid": gen_uuid,
+    "ipv4": gen_ipv4,
+    "ipv6": gen_ipv6,
+    "duration": gen_duration,
+    "json-pointer": gen_json_pointer,
+    "regex": gen_regex,
+}
+
+CHECKS: dict[str, Callable[[str], bool]] = {
+    "date": check_date,
+    "time": check_time,
+    "date-time": check_date_time,
+    "email": check_email,
+    "idn-email": check_email,
+    "hostname": check_hostname,
+    "idn-hostname": check_hostname,
+    "uri": check_uri,
+    "iri": check_uri,
+    "uri-reference": check_uri_reference,
+    "iri-reference": check_uri_reference,
+    "uuid": check_uuid,
+    "ipv4": check_ipv4,
+    "ipv6": check_ipv6,
+    "duration": check_duration,
+    "json-pointer": check_json_pointer,
+    "regex": check_regex,
+}
+
+
+def generate(name: str, seed: Seed, lo: int, hi: int | None) -> str | None:
+    """A string in format ``name`` with length in ``lo..hi``; ``None`` if none fits."""
+    return GENERATORS[name](seed, lo, hi)
+
+
+def conforms(name: str, text: str) -> bool:
+    """Whether ``text`` is in format ``name``; unknown formats accept anything."""
+    check = CHECKS.get(name)
+    return check is None or check(text)

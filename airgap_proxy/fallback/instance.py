@@ -1,0 +1,919 @@
+"""Deterministic JSON Schema instances, valid or refused (pure).
+
+:func:`instance_for` returns a value valid against the schema, or raises
+:class:`~airgap_proxy.fallback.schema.SchemaError` saying why it cannot;
+it never returns an invalid value.
+
+How a value is made, at each schema node:
+
+1. *Collect.* The node's keywords, its ``$ref`` target and its ``allOf``
+   members are folded into one set of :class:`_Facts` (bounds intersected,
+   lengths tightened, ``multipleOf`` combined, property and item rules kept
+   per declaring schema so ``additionalProperties`` keeps its scope).
+2. *Choose.* ``anyOf``, ``oneOf`` and ``if``/``then``/``else`` are
+   alternatives: each branch is folded into a copy of the facts, in an
+   order picked by the seed (simplest and non-recursive branches first once
+   the value is deep, so recursive schemas bottom out).
+3. *Make.* ``const``/``enum`` values are tried in turn; otherwise one value
+   per allowed type is made from the facts, children recursively.
+4. *Check.* Each candidate is validated against the node's schema by
+   :class:`~airgap_proxy.fallback.schema.Schema` (this is what enforces
+   ``oneOf``'s "exactly one", ``not`` and ``if``); the first valid one wins,
+   else other seeds and branches are tried, within a fixed budget.
+
+Everything variable comes from the :class:`Seed`; nothing is random.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from airgap_proxy.fallback import formats, pattern
+from airgap_proxy.fallback.schema import (
+    TYPES,
+    Schema,
+    SchemaError,
+    array_rules,
+    canon,
+    dependent_required,
+    dependent_schemas,
+    is_integer,
+    is_multiple,
+    is_number,
+    pointer_escape,
+)
+from airgap_proxy.fallback.seed import Seed
+
+MAX_DEPTH = 40  # nesting of generated values
+SOFT_DEPTH = 3  # from here on: required properties only, minItems, simplest branches
+MAX_STEPS = 20_000  # schema nodes visited per instance
+MAX_ITEMS = 1_000
+MAX_PROPERTIES = 1_000
+MAX_STRING = 100_000
+ATTEMPTS = 3  # seeds tried per node
+MAX_ALTERNATIVES = 24  # anyOf/oneOf/if combinations tried per node
+_WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima")
+_RICH = ("object", "array", "string", "number", "integer", "boolean", "null")
+_SIMPLE = ("null", "boolean", "integer", "number", "string", "array", "object")
+
+
+class _Exhausted(SchemaError):
+    """The budget ran out: stop everything, do not try alternatives."""
+
+
+@dataclass(slots=True)
+class _ObjectRule:
+    """``properties`` / ``patternProperties`` / ``additionalProperties`` of one schema."""
+
+    properties: dict[str, object]
+    patterns: list[tuple[str, object]]
+    additional: object | None  # None: not given (any)
+    pointer: str
+
+
+@dataclass(slots=True)
+class _ArrayRule:
+    prefix: list[object]
+    rest: object | None  # None: not given (any)
+    pointer: str
+
+
+@dataclass(slots=True)
+class _Facts:
+    """Everything one node's value must satisfy, folded together."""
+
+    types: set[str] | None = None
+    consts: list[Any] = field(default_factory=list)
+    enums: list[list[Any]] = field(default_factory=list)
+    lo: Fraction | None = None
+    lo_excl: bool = False
+    lo_text: str = ""
+    hi: Fraction | None = None
+    hi_excl: bool = False
+    hi_text: str = ""
+    multiples: list[int | float] = field(default_factory=list)
+    min_len: int = 0
+    max_len: int | None = None
+    patterns: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)
+    min_items: int = 0
+    max_items: int | None = None
+    unique: bool = False
+    arrays: list[_ArrayRule] = field(default_factory=list)
+    contains: list[tuple[object, int, str]] = field(default_factory=list)
+    closed_items: bool = False
+    min_props: int = 0
+    max_props: int | None = None
+    required: dict[str, None] = field(default_factory=dict)
+    objects: list[_ObjectRule] = field(default_factory=list)
+    names: list[object] = field(default_factory=list)
+    dependent: dict[str, list[str]] = field(default_factory=dict)
+    dependent_schemas: list[tuple[str, object, str]] = field(default_factory=list)
+    closed_props: bool = False
+    choices: list[tuple[str, list[object], str]] = field(default_factory=list)
+    nots: list[object] = field(default_factory=list)
+    refs: set[str] = field(default_factory=set)
+
+    def clone(self) -> _Facts:
+        copy = _Facts()
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, (list, dict, set)):
+                value = value.copy()
+            setattr(copy, name, value)
+        return copy
+
+    def has_string_facts(self) -> bool:
+        return bool(self.min_len or self.max_len is not None or self.patterns or self.formats)
+
+    def has_number_facts(self) -> bool:
+        return self.lo is not None or self.hi is not None or bool(self.multiples)
+
+    def has_array_facts(self) -> bool:
+        return bool(self.min_items or self.max_items is not None or self.arrays or self.contains or self.unique)
+
+    def has_object_facts(self) -> bool:
+        return bool(self.required or self.objects or self.min_props or self.max_props is not None or self.names)
+
+
+def instance_for(schema: object, seed: Seed) -> Any:
+    """A value valid against ``schema`` (JSON Schema, local ``$ref`` only), chosen by ``seed``.
+
+    Raises :class:`SchemaError` when the schema cannot be satisfied, uses an
+    unsupported construct, or needs more than the fallback's limits.
+    """
+    return _Generator(schema).generate(schema, "#", 0, seed)
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return "a string" if isinstance(value, str) else "a number"
+
+
+def _decimal(value: int | float) -> Fraction:
+    """The number as written in JSON (``0.1`` is one tenth, not its binary neighbour)."""
+    return Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
+
+
+def _lcm(a: Fraction, b: Fraction) -> Fraction:
+    return Fraction(math.lcm(a.numerator, b.numerator), math.gcd(a.denominator, b.denominator))
+
+
+def _count(value: object, keyword: str, pointer: str) -> int:
+    if not is_integer(value) or value < 0:
+        raise SchemaError(f"{keyword} must be a non-negative integer, got {value!r}", pointer)
+    return int(value)
+
+
+def _bound_text(keyword: str, value: Fraction) -> str:
+    number = value.numerator if value.denominator == 1 else float(value)
+    return f"{keyword} {number}"
+
+
+class _Generator:
+    def __init__(self, root: object):
+        self.schema = Schema(root)
+        self.steps = 0
+        self.ref_stack: list[set[str]] = []
+
+    # --------------------------------------------------------------- driver
+
+    def tick(self, pointer: str) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise _Exhausted("the schema is too large or too ambiguous for the deterministic fallback", pointer)
+
+    def generate(self, schema: object, pointer: str, depth: int, seed: Seed) -> Any:
+        """A value valid against ``schema``, or :class:`SchemaError`."""
+        if depth > MAX_DEPTH:
+            raise SchemaError("values nest too deeply (a recursive $ref with no way out?)", pointer)
+        if schema is True:
+            return _WORDS[seed.below(len(_WORDS))]
+        base = _Facts()
+        self.collect(base, schema, pointer, ())
+        self.ref_stack.append(base.refs)
+        try:
+            minimal = depth >= SOFT_DEPTH or any(r in frame for frame in self.ref_stack[:-1] for r in base.refs)
+            errors: list[SchemaError] = []
+            for tried, facts in enumerate(self.alternatives(base, seed, minimal, errors)):
+                if tried >= MAX_ALTERNATIVES:
+                    break
+                for value in self.candidates(facts, pointer, depth, seed, minimal=minimal, errors=errors):
+                    self.tick(pointer)
+                    if self.schema.valid(schema, value):
+                        return value
+        finally:
+            self.ref_stack.pop()
+        if errors:
+            raise errors[0]
+        raise SchemaError("no value satisfies every constraint together (allOf/anyOf/oneOf/not/if)", pointer)
+
+    # -------------------------------------------------------------- collect
+
+    def collect(self, f: _Facts, schema: object, pointer: str, active: tuple[str, ...]) -> None:
+        """Fold ``schema`` (with its ``$ref`` and ``allOf``) into ``f``."""
+        if schema is True:
+            return
+        if schema is False:
+            raise SchemaError("the schema is `false`, which no value satisfies", pointer)
+        if not isinstance(schema, dict):
+            raise SchemaError(f"a schema must be an object or a boolean, got {_kind(schema)}", pointer)
+        self.tick(pointer)
+        for keyword in ("$dynamicRef", "$recursiveRef"):
+            if keyword in schema:
+                raise SchemaError(f"{keyword} is not supported; use $ref", pointer)
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            target, target_pointer = self.schema.resolve(ref, pointer)
+            if ref not in active and ref not in f.refs:
+                f.refs.add(ref)
+                self.collect(f, target, target_pointer, (*active, ref))
+        self.collect_type(f, schema, pointer)
+        if "const" in schema:
+            f.consts.append(schema["const"])
+        if "enum" in schema:
+            values = schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise SchemaError("enum must be a non-empty array", pointer)
+            f.enums.append(values)
+        self.collect_number(f, schema, pointer)
+        self.collect_string(f, schema, pointer)
+        self.collect_array(f, schema, pointer)
+        self.collect_object(f, schema, pointer)
+        all_of = schema.get("allOf")
+        if all_of is not None:
+            if not isinstance(all_of, list) or not all_of:
+                raise SchemaError("allOf must be a non-empty array", pointer)
+            for i, sub in enumerate(all_of):
+                self.collect(f, sub, f"{pointer}/allOf/{i}", active)
+        for keyword in ("anyOf", "oneOf"):
+            if keyword in schema:
+                branches = schema[keyword]
+                if not isinstance(branches, list) or not branches:
+                    raise SchemaError(f"{keyword} must be a non-empty array", pointer)
+                f.choices.append((keyword, branches, pointer))
+        if "not" in schema:
+            if schema["not"] is True or schema["not"] == {}:
+                raise SchemaError("`not: {}` excludes every value", pointer)
+            f.nots.append(schema["not"])
+        if "if" in schema:
+            f.choices.append(("if", [schema["if"], schema.get("then", True), schema.get("else", True)], pointer))
+
+    def collect_type(self, f: _Facts, schema: dict[str, Any], pointer: str) -> None:
+        if "type" not in schema:
+            return
+        raw = schema["type"]
+        names = [raw] if isinstance(raw, str) else raw
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n in TYPES for n in names):
+            raise SchemaError(
+                f"type must be one of {', '.join(TYPES)} or a non-empty list of them, got {raw!r}", pointer
+            )
+        allowed = set(names)
+        if "number" in allowed:
+            allowed.add("integer")
+        merged = allowed if f.types is None else f.types & allowed
+        if not merged:
+            raise SchemaError(f"type {raw!r} conflicts with the other types required here", pointer)
+        f.types = merged
+
+    def collect_number(self, f: _Facts, schema: dict[str, Any], pointer: str) -> None:
+        for keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
+            value = schema.get(keyword)
+            if value is None or (isinstance(value, bool) and keyword.startswith("exclusive")):
+                continue
+            if not is_number(value) or not math.isfinite(value):
+                raise SchemaError(f"{keyword} must be a number, got {value!r}", pointer)
+            if keyword == "multipleOf":
+                if value <= 0:
+                    raise SchemaError(f"multipleOf must be greater than 0, got {value!r}", pointer)
+                f.multiples.append(value)
+            elif keyword.endswith("inimum"):
+                exclusive = keyword == "exclusiveMinimum" or schema.get("exclusiveMinimum") is True
+                self.lower(f, Fraction(value), exclusive, "exclusiveMinimum" if exclusive else "minimum")
+            else:
+                exclusive = keyword == "exclusiveMaximum" or schema.get("exclusiveMaximum") is True
+                self.upper(f, Fraction(value), exclusive, "exclusiveMaximum" if exclusive else "maximum")
+
+    @staticmethod
+    def lower(f: _Facts, value: Fraction, exclusive: bool, keyword: str) -> None:
+        if f.lo is None or value > f.lo or (value == f.lo and exclusive):
+            f.lo, f.lo_excl, f.lo_text = value, exclusive, _bound_text(keyword, value)
+
+    @staticmethod
+    def upper(f: _Facts, value: Fraction, exclusive: bool, keyword: str) -> None:
+        if f.hi is None or value < f.hi or (value == f.hi and exclusive):
+            f.hi, f.hi_excl, f.hi_text = value, exclusive, _bound_text(keyword, value)
+
+    def collect_string(self, f: _Facts, schema: dict[str, Any], pointer: str) -> None:
+        if "minLength" in schema:
+            f.min_len = max(f.min_len, _count(schema["minLength"], "minLength", pointer))
+        if "maxLength" in schema:
+            limit = _count(schema["maxLength"], "maxLength", pointer)
+            f.max_len = limit if f.max_len is None else min(f.max_len, limit)
+        if "pattern" in schema:
+            regex = schema["pattern"]
+            if not isinstance(regex, str):
+                raise SchemaError("pattern must be a string", pointer)
+            try:
+                pattern.check(regex)
+            except pattern.PatternError as exc:
+                raise SchemaError(f"pattern {regex!r}: {exc}", pointer) from None
+            f.patterns.append(regex)
+        if isinstance(schema.get("format"), str):
+            f.formats.append(schema["format"])
+
+    def collect_array(self, f: _Facts, schema: dict[str, Any], pointer: str) -> None:
+        if "minItems" in schema:
+            f.min_items = max(f.min_items, _count(schema["minItems"], "minItems", pointer))
+        if "maxItems" in schema:
+            limit = _count(schema["maxItems"], "maxItems", pointer)
+            f.max_items = limit if f.max_items is None else min(f.max_items, limit)
+        if schema.get("uniqueItems") is True:
+            f.unique = True
+        if "items" in schema or "prefixItems" in schema:
+            items, prefix = schema.get("items"), schema.get("prefixItems", [])
+            if not isinstance(items, (dict, bool, list, type(None))) or not isinstance(prefix, list):
+                raise SchemaError("items must be a schema and prefixItems an array of schemas", pointer)
+            rule_prefix, rest = array_rules(schema)
+            f.arrays.append(_ArrayRule(rule_prefix, rest, pointer))
+        if "contains" in schema:
+            low = _count(schema.get("minContains", 1), "minContains", pointer)
+            f.contains.append((schema["contains"], low, f"{pointer}/contains"))
+        if schema.get("unevaluatedItems") is False:
+            f.closed_items = True
+
+    def collect_object(self, f: _Facts, schema: dict[str, Any], pointer: str) -> None:
+        if "minProperties" in schema:
+            f.min_props = max(f.min_props, _count(schema["minProperties"], "minProperties", pointer))
+        if "maxProperties" in schema:
+            limit = _count(schema["maxProperties"], "maxProperties", pointer)
+            f.max_props = limit if f.max_props is None else min(f.max_props, limit)
+        if "required" in schema:
+            required = schema["required"]
+            if not isinstance(required, list) or not all(isinstance(k, str) for k in required):
+                raise SchemaError("required must be an array of strings", pointer)
+            f.required.update(dict.fromkeys(required))
+        if "properties" in schema or "patternProperties" in schema or "additionalProperties" in schema:
+            props = schema.get("properties", {})
+            patterns = schema.get("patternProperties", {})
+            if not isinstance(props, dict) or not isinstance(patterns, dict):
+                raise SchemaError("properties and patternProperties must be objects", pointer)
+            for regex in patterns:
+                try:
+                    pattern.check(regex)
+                except pattern.PatternError as exc:
+                    raise SchemaError(f"patternProperties {regex!r}: {exc}", pointer) from None
+            additional = schema.get("additionalProperties")
+            f.objects.append(_ObjectRule(props, list(patterns.items()), additional, pointer))
+        if "propertyNames" in schema:
+            f.names.append(schema["propertyNames"])
+        for trigger, needed in dependent_required(schema).items():
+            f.dependent.setdefault(trigger, []).extend(needed)
+        for trigger, sub in dependent_schemas(schema).items():
+            f.dependent_schemas.append((trigger, sub, f"{pointer}/dependentSchemas/{pointer_escape(trigger)}"))
+        if schema.get("unevaluatedProperties") is False:
+            f.closed_props = True
+
+    # --------------------------------------------------------- alternatives
+
+    def alternatives(self, base: _Facts, seed: Seed, minimal: bool, errors: list[SchemaError]) -> Iterator[_Facts]:
+        """``base`` with each combination of its pending choices folded in."""
+        if not base.choices:
+            yield base
+            return
+        kind, branches, pointer = base.choices[0]
+        rest = base.choices[1:]
+        if kind == "if":
+            condition, then, otherwise = branches
+            for taken in (True, False):
+                f = base.clone()
+                f.choices = rest.copy()
+                try:
+                    if taken:
+                        self.collect(f, condition, f"{pointer}/if", tuple(f.refs))
+                        self.collect(f, then, f"{pointer}/then", tuple(f.refs))
+                    else:
+                        f.nots.append(condition)
+                        self.collect(f, otherwise, f"{pointer}/else", tuple(f.refs))
+                except _Exhausted:
+                    raise
+                except SchemaError as exc:
+                    errors.append(exc)
+                    continue
+                yield from self.alternatives(f, seed, minimal, errors)
+            return
+        for i in self.branch_order(branches, seed.child(pointer + kind), minimal):
+            f = base.clone()
+            f.choices = rest.copy()
+            try:
+                self.collect(f, branches[i], f"{pointer}/{kind}/{i}", tuple(f.refs))
+            except _Exhausted:
+                raise
+            except SchemaError as exc:
+                errors.append(exc)
+                continue
+            if kind == "oneOf":
+                f.nots.extend(b for j, b in enumerate(branches) if j != i)
+            yield from self.alternatives(f, seed, minimal, errors)
+
+    def branch_order(self, branches: list[object], seed: Seed, minimal: bool) -> list[int]:
+        """Seed-rotated; null-only branches last; when minimal, simple and non-recursive first."""
+        n = len(branches)
+        start = seed.below(n)
+        rotated = [(start + k) % n for k in range(n)]
+        if minimal:
+            active = set().union(*self.ref_stack) if self.ref_stack else set()
+            return sorted(rotated, key=lambda i: (self.mentions(branches[i], active), _size(branches[i])))
+        return sorted(rotated, key=lambda i: branches[i] == {"type": "null"})
+
+    @staticmethod
+    def mentions(schema: object, refs: set[str]) -> bool:
+        """Whether ``schema`` (not following refs) refers to one of ``refs``."""
+        stack = [schema]
+        seen = 0
+        while stack and seen < 2_000:
+            node = stack.pop()
+            seen += 1
+            if isinstance(node, dict):
+                if node.get("$ref") in refs:
+                    return True
+                stack.extend(v for k, v in node.items() if k not in ("enum", "const", "default", "examples"))
+            elif isinstance(node, list):
+                stack.extend(node)
+        return False
+
+    # ----------------------------------------------------------- candidates
+
+    def candidates(
+        self, f: _Facts, pointer: str, depth: int, seed: Seed, *, minimal: bool, errors: list[SchemaError]
+    ) -> Iterator[Any]:
+        """Values to check against the node's schema, best first."""
+        if f.consts or f.enums:
+            yield from self.listed(f, seed, minimal)
+            errors.append(SchemaError("no value of enum/const satisfies the other constraints", pointer))
+            return
+        types = self.type_order(f, depth, minimal)
+        if not types:
+            errors.append(SchemaError("no type satisfies every constraint here (type and not)", pointer))
+            return
+        for attempt in range(ATTEMPTS):
+            s = seed if attempt == 0 else seed.child(f"attempt{attempt}")
+            for t in types:
+                try:
+                    yield self.typed(t, f, pointer, depth, s, minimal=minimal)
+                except _Exhausted:
+                    raise
+                except SchemaError as exc:
+                    errors.append(exc)
+
+    def listed(self, f: _Facts, seed: Seed, minimal: bool) -> Iterator[Any]:
+        pool = f.consts[:1] if f.consts else f.enums[0]
+        start = 0 if minimal or f.consts else seed.below(len(pool))
+        excluded = [n for n in f.nots if isinstance(n, dict)]
+        for k in range(len(pool)):
+            value = pool[(start + k) % len(pool)]
+            if isinstance(value, float) and not math.isfinite(value):
+                continue
+            if any(not _listed_in(value, other) for other in f.enums) or any(
+                canon(value) != canon(c) for c in f.consts
+            ):
+                continue
+            if any(self.schema.valid(n, value) for n in excluded):
+                continue
+            yield value
+
+    def type_order(self, f: _Facts, depth: int, minimal: bool) -> list[str]:
+        excluded: set[str] = set()
+        for n in f.nots:
+            if isinstance(n, dict) and set(n) == {"type"}:
+                names = [n["type"]] if isinstance(n["type"], str) else n["type"]
+                if isinstance(names, list):
+                    excluded.update(x for x in names if isinstance(x, str))
+                    if "number" in names:
+                        excluded.add("integer")
+        preference = _SIMPLE if minimal else _RICH
+        if f.types is not None:
+            allowed = f.types
+            order = [t for t in preference if t in allowed]
+        else:
+            inferred = {
+                "string": f.has_string_facts(),
+                "number": f.has_number_facts() and not all(isinstance(m, int) for m in f.multiples or [0.5]),
+                "integer": f.has_number_facts(),
+                "array": f.has_array_facts(),
+                "object": f.has_object_facts(),
+            }
+            first = [t for t in preference if inferred.get(t)]
+            if not first:
+                first = ["object"] if depth == 0 else ["string"]
+            order = first + [t for t in preference if t not in first]
+        return [t for t in order if t not in excluded]
+
+    def typed(self, t: str, f: _Facts, pointer: str, depth: int, seed: Seed, *, minimal: bool) -> Any:
+        if t == "null":
+            return None
+        if t == "boolean":
+            return False if minimal else seed.child("bool").flag()
+        if t == "integer":
+            return self.integer(f, pointer, seed, minimal)
+        if t == "number":
+            return self.number(f, pointer, seed, minimal)
+        if t == "string":
+            return self.string(f, pointer, seed, minimal)
+        if t == "array":
+            return self.array(f, pointer, depth, seed, minimal)
+        return self.object(f, pointer, depth, seed, minimal)
+
+    # -------------------------------------------------------------- numbers
+
+    def bounds_error(self, f: _Facts, what: str, pointer: str) -> SchemaError:
+        if f.lo is not None and f.hi is not None and (f.lo > f.hi or (f.lo == f.hi and (f.lo_excl or f.hi_excl))):
+            relation = "is greater than" if f.lo > f.hi else "leaves no value below"
+            return SchemaError(f"{f.lo_text} {relation} {f.hi_text}", pointer)
+        parts = [t for t in (f.lo_text, f.hi_text) if t]
+        if f.multiples:
+            parts.append("multipleOf " + " and ".join(repr(m) for m in f.multiples))
+        return SchemaError(f"no {what} satisfies {', '.join(parts)}", pointer)
+
+    def in_bounds(self, f: _Facts, value: int | float) -> bool:
+        v = Fraction(value)
+        if f.lo is not None and (v < f.lo or (f.lo_excl and v == f.lo)):
+            return False
+        return f.hi is None or not (v > f.hi or (f.hi_excl and v == f.hi))
+
+    def step_range(self, f: _Facts, step: Fraction) -> tuple[int | None, int | None]:
+        """The range of ``k`` with ``k * step`` within the bounds."""
+        k_lo = k_hi = None
+        if f.lo is not None:
+            q = f.lo / step
+            k_lo = math.floor(q) + 1 if f.lo_excl and q.denominator == 1 else math.ceil(q)
+        if f.hi is not None:
+            q = f.hi / step
+            k_hi = math.ceil(q) - 1 if f.hi_excl and q.denominator == 1 else math.floor(q)
+        return k_lo, k_hi
+
+    def multiples(self, f: _Facts, step: Fraction, seed: Seed, minimal: bool, as_int: bool) -> Iterator[int | float]:
+        """Values ``k * step`` within the bounds, nearest a seeded start first."""
+        k_lo, k_hi = self.step_range(f, step)
+        if k_lo is not None and k_hi is not None and k_lo > k_hi:
+            return
+        wander = 0 if minimal else seed.child("k").below(20)
+        if k_lo is not None and k_hi is not None:
+            start = k_lo + (0 if minimal else seed.child("k").below(k_hi - k_lo + 1))
+        elif k_lo is not None:
+            start = k_lo + wander
+        elif k_hi is not None:
+            start = k_hi - wander
+        else:
+            start = 0 if minimal else 1 + wander
+        for offset in range(64):
+            k = start + (offset + 1) // 2 * (1 if offset % 2 else -1)
+            if (k_lo is not None and k < k_lo) or (k_hi is not None and k > k_hi):
+                continue
+            exact = k * step
+            value: int | float = int(exact) if as_int or exact.denominator == 1 else float(exact)
+            if self.in_bounds(f, value) and all(is_multiple(value, m) for m in f.multiples):
+                yield value
+            if not as_int and exact.denominator != 1:
+                rounded = float(round(float(k) * float(step), 12))
+                if self.in_bounds(f, rounded) and all(is_multiple(rounded, m) for m in f.multiples):
+                    yield rounded
+
+    def integer(self, f: _Facts, pointer: str, seed: Seed, minimal: bool) -> int:
+        step = Fraction(1)
+        for m in f.multiples:
+            step = _lcm(step, _decimal(m))
+        for value in self.multiples(f, step, seed, minimal, as_int=True):
+            return int(value)
+        raise self.bounds_error(f, "integer", pointer)
+
+    def number(self, f: _Facts, pointer: str, seed: Seed, minimal: bool) -> int | float:
+        if f.multiples:
+            step = _decimal(f.multiples[0])
+            for m in f.multiples[1:]:
+                step = _lcm(step, _decimal(m))
+            for value in self.multiples(f, step, seed, minimal, as_int=False):
+                return value
+            raise self.bounds_error(f, "number", pointer)
+        for value in self.plain_numbers(f, seed, minimal):
+            if math.isfinite(value) and self.in_bounds(f, value):
+                return value
+        raise self.bounds_error(f, "number", pointer)
+
+    def plain_numbers(self, f: _Facts, seed: Seed, minimal: bool) -> Iterator[float]:
+        """Candidates, preferring short non-integral decimals (``12.25``)."""
+        quarter = (2 * seed.child("q").below(400) + 1) / 4  # 0.25 .. 199.75, never integral
+        lo = float(f.lo) if f.lo is not None else None
+        hi = float(f.hi) if f.hi is not None else None
+        if lo is not None and hi is not None:
+            fraction = 0.5 if minimal else (1 + seed.child("f").below(98)) / 100
+            yield round(lo + (hi - lo) * fraction, 2)
+            yield lo + (hi - lo) * fraction
+            yield (lo + hi) / 2
+        elif lo is not None:
+            yield math.floor(lo) + (0.5 if minimal else quarter)
+            yield lo + abs(lo) * 1e-9 + 0.5
+        elif hi is not None:
+            yield math.ceil(hi) - (0.5 if minimal else quarter)
+            yield hi - abs(hi) * 1e-9 - 0.5
+        else:
+            yield 0.5 if minimal else quarter
+        for edge, direction in ((lo, math.inf), (hi, -math.inf)):
+            if edge is not None:
+                yield edge
+                yield math.nextafter(edge, direction)
+
+    # -------------------------------------------------------------- strings
+
+    def string(self, f: _Facts, pointer: str, seed: Seed, minimal: bool) -> str:
+        lo, hi = f.min_len, f.max_len
+        if hi is not None and lo > hi:
+            raise SchemaError(f"minLength {lo} is greater than maxLength {hi}", pointer)
+        if lo > MAX_STRING:
+            raise SchemaError(f"minLength {lo} is over the fallback's limit of {MAX_STRING}", pointer)
+        known = [name for name in f.formats if name in formats.GENERATORS]
+        if known:
+            return self.formatted(f, known[0], pointer, seed)
+        if f.patterns:
+            return self.patterned(f, pointer, seed)
+        count = 1 if minimal else 1 + seed.child("words").below(2)
+        words = [_WORDS[seed.child(f"w{i}").below(len(_WORDS))] for i in range(count)]
+        text = " ".join(words)
+        while len(text) < lo:
+            text += " " + _WORDS[(len(text) * 7) % len(_WORDS)]
+        text = text[: max(lo, len(" ".join(words)))]
+        if hi is not None:
+            text = text[:hi]
+        return text[:-1] + "x" if text.endswith(" ") else text
+
+    def string_fits(self, f: _Facts, text: str) -> bool:
+        if len(text) < f.min_len or (f.max_len is not None and len(text) > f.max_len):
+            return False
+        return all(pattern.matches(p, text) for p in f.patterns) and all(formats.conforms(n, text) for n in f.formats)
+
+    def formatted(self, f: _Facts, name: str, pointer: str, seed: Seed) -> str:
+        for attempt in range(2 * ATTEMPTS):
+            text = formats.generate(name, seed.child(f"format{attempt}"), f.min_len, f.max_len)
+            if text is not None and self.string_fits(f, text):
+                return text
+        limits = _length_text(f.min_len, f.max_len)
+        extra = f" matching pattern {f.patterns[0]!r}" if f.patterns else ""
+        raise SchemaError(f"cannot make a {name!r} string{limits}{extra}", pointer)
+
+    def patterned(self, f: _Facts, pointer: str, seed: Seed) -> str:
+        regex = f.patterns[0]
+        for attempt in range(3 * ATTEMPTS):
+            try:
+                text = pattern.sample(regex, f.min_len, f.max_len, seed.child(f"pattern{attempt}"))
+            except pattern.PatternError as exc:
+                raise SchemaError(f"pattern {regex!r}: {exc}", pointer) from None
+            if text is not None and self.string_fits(f, text):
+                return text
+        also = f" and {', '.join(repr(p) for p in f.patterns[1:])}" if len(f.patterns) > 1 else ""
+        raise SchemaError(
+            f"cannot make a string matching pattern {regex!r}{also}{_length_text(f.min_len, f.max_len)}", pointer
+        )
+
+    # --------------------------------------------------------------- arrays
+
+    def array(self, f: _Facts, pointer: str, depth: int, seed: Seed, minimal: bool) -> list[Any]:
+        lo, hi = f.min_items, f.max_items
+        closed_at: int | None = None
+        for rule in f.arrays:
+            if rule.rest is False or f.closed_items:
+                closed_at = len(rule.prefix) if closed_at is None else min(closed_at, len(rule.prefix))
+        if closed_at is not None and (hi is None or closed_at < hi):
+            if lo > closed_at:
+                raise SchemaError(f"items: false allows at most {closed_at} items but minItems is {lo}", pointer)
+            hi = closed_at
+        if hi is not None and lo > hi:
+            raise SchemaError(f"minItems {lo} is greater than maxItems {hi}", pointer)
+        needed = sum(low for _, low, _ in f.contains)
+        if hi is not None and needed > hi:
+            raise SchemaError(f"contains needs {needed} matching items but at most {hi} are allowed", pointer)
+        if max(lo, needed) > MAX_ITEMS:
+            raise SchemaError(f"minItems {max(lo, needed)} is over the fallback's limit of {MAX_ITEMS}", pointer)
+        longest_prefix = max((len(r.prefix) for r in f.arrays), default=0)
+        natural = lo if minimal else max(lo, min(longest_prefix, MAX_ITEMS), 1 + seed.child("n").below(3))
+        count = max(natural, needed)
+        if hi is not None:
+            count = min(count, hi)
+        required_count = max(lo, needed)
+        owners = [c for c, low, _ in f.contains for _ in range(low)]
+        result: list[Any] = []
+        seen: set[object] = set()
+        for i in range(count):
+            schemas: list[tuple[object, str]] = []
+            for rule in f.arrays:
+                if i < len(rule.prefix):
+                    schemas.append((rule.prefix[i], f"{rule.pointer}/prefixItems/{i}"))
+                elif rule.rest is not None:
+                    schemas.append((rule.rest, f"{rule.pointer}/items"))
+            if i < len(owners):
+                schemas.append((owners[i], f"{pointer}/contains"))
+            item_schema, item_pointer = _combine(schemas, f"{pointer}/items")
+            try:
+                value = self.unique_item(
+                    item_schema, item_pointer, depth, seed.child(i), seen=seen if f.unique else None
+                )
+            except _Exhausted:
+                raise
+            except SchemaError:
+                if i < required_count:
+                    raise
+                break
+            if value is _MISSING:
+                if i < required_count:
+                    raise SchemaError(f"uniqueItems: cannot make {required_count} distinct items", pointer)
+                break
+            seen.add(canon(value))
+            result.append(value)
+        return result
+
+    def unique_item(self, schema: object, pointer: str, depth: int, seed: Seed, *, seen: set[object] | None) -> Any:
+        """A generated item; with ``seen`` (``uniqueItems``), one not seen yet, else ``_MISSING``."""
+        value = self.generate(schema, pointer, depth + 1, seed)
+        if seen is None or canon(value) not in seen:
+            return value
+        for attempt in range(1, 4 * ATTEMPTS):
+            value = self.generate(schema, pointer, depth + 1, seed.child(f"unique{attempt}"))
+            if canon(value) not in seen:
+                return value
+        return _MISSING
+
+    # -------------------------------------------------------------- objects
+
+    def property_schemas(self, f: _Facts, key: str) -> list[tuple[object, str]] | None:
+        """The schemas ``key``'s value must satisfy; ``None`` if the key is not allowed."""
+        schemas: list[tuple[object, str]] = []
+        for rule in f.objects:
+            matched = False
+            if key in rule.properties:
+                schemas.append((rule.properties[key], f"{rule.pointer}/properties/{pointer_escape(key)}"))
+                matched = True
+            for regex, sub in rule.patterns:
+                if pattern.matches(regex, key):
+                    schemas.append((sub, f"{rule.pointer}/patternProperties/{pointer_escape(regex)}"))
+                    matched = True
+            if not matched and rule.additional is not None:
+                if rule.additional is False:
+                    return None
+                schemas.append((rule.additional, f"{rule.pointer}/additionalProperties"))
+        if f.closed_props and not any(key in rule.properties for rule in f.objects):
+            return None
+        if any(not self.schema.valid(names, key) for names in f.names):
+            return None
+        return schemas
+
+    def object(self, f: _Facts, pointer: str, depth: int, seed: Seed, minimal: bool) -> dict[str, Any]:
+        if any(trigger in f.required for trigger, _, _ in f.dependent_schemas):
+            f = f.clone()
+            pending, f.dependent_schemas = f.dependent_schemas, []
+            for trigger, sub, sub_pointer in pending:
+                if trigger in f.required:
+                    self.collect(f, sub, sub_pointer, tuple(f.refs))
+                else:
+                    f.dependent_schemas.append((trigger, sub, sub_pointer))
+        keys = self.object_keys(f, pointer, depth, seed, minimal)
+        required = set(f.required)
+        for needed in f.dependent.values():
+            required.update(k for k in needed if k in keys)
+        result: dict[str, Any] = {}
+        dropped = 0
+        for key in keys:
+            sub, sub_pointer = _combine(
+                self.property_schemas(f, key) or [], f"{pointer}/properties/{pointer_escape(key)}"
+            )
+            try:
+                result[key] = self.generate(sub, sub_pointer, depth + 1, seed.child("property:" + key))
+            except _Exhausted:
+                raise
+            except SchemaError:
+                # An optional property that cannot be made is left out, unless minProperties needs it.
+                if key in required or len(keys) - dropped - 1 < f.min_props:
+                    raise
+                dropped += 1
+        return result
+
+    def object_keys(self, f: _Facts, pointer: str, depth: int, seed: Seed, minimal: bool) -> list[str]:
+        required = list(f.required)
+        for key in required:
+            if self.property_schemas(f, key) is None:
+                raise SchemaError(
+                    f"required property {key!r} is not allowed by additionalProperties/propertyNames", pointer
+                )
+        limit = MAX_PROPERTIES if f.max_props is None else min(f.max_props, MAX_PROPERTIES)
+        if len(required) > limit:
+            raise SchemaError(f"{len(required)} properties are required but at most {limit} are allowed", pointer)
+        if f.min_props > limit:
+            raise SchemaError(f"minProperties {f.min_props} is greater than the {limit} properties allowed", pointer)
+        declared: dict[str, None] = {}
+        for rule in f.objects:
+            declared.update(dict.fromkeys(rule.properties))
+        triggers = {t for t, _, _ in f.dependent_schemas}
+        chosen = dict.fromkeys(required)
+        optional = [k for k in declared if k not in chosen and k not in triggers]
+        for key in optional:
+            if len(chosen) >= limit or (minimal and len(chosen) >= f.min_props):
+                break
+            if self.property_schemas(f, key) is not None:
+                chosen[key] = None
+        self.add_dependencies(f, chosen, pointer)
+        extra = 0
+        while len(chosen) < f.min_props:
+            new_key = self.extra_key(f, chosen, pointer, depth, seed.child(f"key{extra}"))
+            extra += 1
+            if new_key is None:
+                if extra > 4 * ATTEMPTS:
+                    raise SchemaError(f"minProperties {f.min_props}: cannot name enough allowed properties", pointer)
+                continue
+            chosen[new_key] = None
+            self.add_dependencies(f, chosen, pointer)
+        ordered = [k for k in declared if k in chosen]
+        return ordered + [k for k in chosen if k not in declared]
+
+    def add_dependencies(self, f: _Facts, chosen: dict[str, None], pointer: str) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for trigger, needed in f.dependent.items():
+                if trigger in chosen:
+                    for key in needed:
+                        if key not in chosen:
+                            if self.property_schemas(f, key) is None:
+                                raise SchemaError(
+                                    f"property {trigger!r} requires {key!r}, which is not allowed", pointer
+                                )
+                            chosen[key] = None
+                            changed = True
+
+    def extra_key(self, f: _Facts, chosen: dict[str, None], pointer: str, depth: int, seed: Seed) -> str | None:
+        """A new property name that the rules allow, for ``minProperties``."""
+        candidates: list[str] = []
+        for rule in f.objects:
+            for regex, _ in rule.patterns:
+                text = pattern.sample(regex, 1, 24, seed.child(regex))
+                if text is not None:
+                    candidates.append(text)
+        if f.names:
+            names_schema = {"allOf": [*f.names, {"type": "string"}]}
+            try:
+                candidates.append(self.generate(names_schema, f"{pointer}/propertyNames", depth + 1, seed))
+            except _Exhausted:
+                raise
+            except SchemaError:
+                pass
+        candidates.append(f"{_WORDS[seed.below(len(_WORDS))]}_{seed.child('n').below(1000)}")
+        for key in candidates:
+            if isinstance(key, str) and key not in chosen and self.property_schemas(f, key) is not None:
+                return key
+        return None
+
+
+_MISSING: Any = object()
+
+
+def _listed_in(value: Any, pool: list[Any]) -> bool:
+    key = canon(value)
+    return any(canon(item) == key for item in pool)
+
+
+def _combine(schemas: list[tuple[object, str]], pointer: str) -> tuple[object, str]:
+    """One schema that means all of ``schemas``, and the pointer to report."""
+    schemas = [(s, p) for s, p in schemas if s is not True]
+    if not schemas:
+        return True, pointer
+    if len(schemas) == 1:
+        return schemas[0]
+    return {"allOf": [s for s, _ in schemas]}, schemas[0][1]
+
+
+def _length_text(lo: int, hi: int | None) -> str:
+    if hi is None:
+        return f" of at least {lo} characters" if lo else ""
+    return f" of {lo} to {hi} characters"
+
+
+def _size(schema: object) -> int:
+    """A rough size, to try small branches first."""
+    stack = [schema]
+    n = 0
+    while stack and n < 64:
+        node = stack.pop()
+        n += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return n

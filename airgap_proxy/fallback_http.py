@@ -1,0 +1,139 @@
+"""Serving the deterministic fallback over HTTP (the pure synthesizer is :mod:`fallback`).
+
+The fallback answers when no permitted upstream is available, when none is
+configured, or when a request carries ``X-Airgap-Mode: deterministic``. With
+``fallback.mode: error`` it answers 503 ``no_healthy_upstream`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from airgap_proxy import fallback
+from airgap_proxy.audit import Action, Audit
+from airgap_proxy.config import FallbackMode
+from airgap_proxy.errors import NoHealthyUpstream
+from airgap_proxy.headers import REQUEST_ID_HEADER, UPSTREAM_HEADER
+from airgap_proxy.payload import Payload
+from airgap_proxy.state import AUDIT_KEY, AppState
+
+DETERMINISTIC = "deterministic"
+DEFAULT_FALLBACK_MODEL = "airgap-deterministic"
+RETRY_AFTER_S = "5"
+_ANSWERABLE = {("POST", "chat/completions"), ("POST", "completions"), ("POST", "embeddings"), ("GET", "models")}
+
+
+def can_answer(tail: str, method: str) -> bool:
+    return (method, tail) in _ANSWERABLE
+
+
+def enabled_for(state: AppState, tail: str, method: str) -> bool:
+    """Would the fallback answer this request (mode ``deterministic``, known endpoint)?"""
+    return state.config.fallback.mode is FallbackMode.DETERMINISTIC and can_answer(tail, method)
+
+
+def _unavailable(message: str) -> NoHealthyUpstream:
+    return NoHealthyUpstream(message, headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def respond(
+    request: web.Request, state: AppState, tail: str, parsed: Payload, model: str | None, *, forced: bool
+) -> web.StreamResponse:
+    """Answer from the fallback, or raise 503 when it may not or cannot."""
+    audit = request[AUDIT_KEY]
+    if not forced and state.config.fallback.mode is FallbackMode.ERROR:
+        raise _unavailable("no healthy upstream is available and the fallback is disabled (fallback.mode: error)")
+    if not can_answer(tail, request.method):
+        raise _unavailable(f"no healthy upstream is available for /v1/{tail}")
+    if tail == "models":
+        return models_response(state, audit)
+    assert parsed.data is not None
+    data = parsed.data
+    name = model or DEFAULT_FALLBACK_MODEL
+    canned = state.canned
+    audit.decision = Action.FALLBACK
+    audit.upstream = DETERMINISTIC
+    audit.model = name
+    if tail == "embeddings":
+        return _json(fallback.embeddings(data, name), audit)
+    if parsed.stream:
+        events = (
+            fallback.chat_completion_stream(data, name, canned)
+            if tail == "chat/completions"
+            else fallback.completion_stream(data, name, canned)
+        )
+        return await _stream(request, events, audit)
+    body = (
+        fallback.chat_completion(data, name, canned)
+        if tail == "chat/completions"
+        else fallback.completion(data, name, canned)
+    )
+    return _json(body, audit)
+
+
+def _json(body: bytes, audit: Audit) -> web.Response:
+    audit.status = 200
+    audit.bytes_out = len(body)
+    return web.Response(
+        body=body,
+        content_type="application/json",
+        headers={UPSTREAM_HEADER: DETERMINISTIC, REQUEST_ID_HEADER: audit.request_id},
+    )
+
+
+async def _stream(request: web.Request, events: list[bytes], audit: Audit) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            UPSTREAM_HEADER: DETERMINISTIC,
+            REQUEST_ID_HEADER: audit.request_id,
+        }
+    )
+    audit.status = 200
+    await response.prepare(request)
+    for event in events:
+        audit.bytes_out += len(event)
+        await response.write(event)
+    await response.write_eof()
+    return response
+
+
+def model_ids(state: AppState) -> list[str]:
+    """Every model name the proxy can answer for: default, configured, discovered, aliases."""
+    ids: list[str] = []
+
+    def add(name: str | None) -> None:
+        if name and "*" not in name and "?" not in name and "[" not in name and name not in ids:
+            ids.append(name)
+
+    add(state.config.default_model)
+    for runtime in state.pool.runtimes.values():
+        if not state.pool.permitted(runtime.config.name):
+            continue
+        for name in runtime.config.models:
+            add(name)
+        for name in runtime.models:
+            add(name)
+        for alias, _target in runtime.config.aliases:
+            add(alias)
+    if not ids:
+        add(DEFAULT_FALLBACK_MODEL)
+    return ids
+
+
+def models_response(state: AppState, audit: Audit) -> web.Response:
+    """``GET /v1/models``: the union of what the upstreams serve, in OpenAI's shape."""
+    audit.decision = Action.NONE
+    body = json.dumps(
+        {
+            "object": "list",
+            "data": [{"id": i, "object": "model", "created": 0, "owned_by": "airgap-proxy"} for i in model_ids(state)],
+        },
+        separators=(",", ":"),
+    ).encode()
+    audit.status = 200
+    return web.Response(body=body, content_type="application/json", headers={REQUEST_ID_HEADER: audit.request_id})

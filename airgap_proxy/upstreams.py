@@ -1,0 +1,155 @@
+"""Upstreams at run time: verdicts, health, in-flight counts, and the probe loop.
+
+The probe loop is a background task owned by the application (started and
+stopped with it); every probe goes through the egress client, so a probe can
+never reach a target the policy refuses. Probes never ask for a completion:
+each provider type has a free endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from airgap_proxy import health, policy, routing
+from airgap_proxy.config import Config, ProviderType, UpstreamConfig
+from airgap_proxy.egress import EgressClient
+from airgap_proxy.errors import ProxyError
+from airgap_proxy.logs import get_logger
+
+_log = get_logger("airgap_proxy.health")
+
+# Path of the free health endpoint per provider type: absolute paths are taken
+# from the origin, relative ones from the base URL.
+PROBE_PATHS = {
+    ProviderType.LOCAL_OLLAMA: "/api/tags",
+    ProviderType.LOCAL_VLLM: "/health",
+    ProviderType.LOCAL_LITELLM: "/health/liveliness",
+    ProviderType.LOCAL_LLAMACPP: "/health",
+    ProviderType.LOCAL_OPENAI_COMPATIBLE: "models",
+}
+MAX_PROBE_BODY = 1 << 20
+
+
+@dataclass
+class UpstreamRuntime:
+    """One upstream's live state. Mutated only on the event loop."""
+
+    config: UpstreamConfig
+    decision: policy.Decision | None
+    health: health.HealthState = field(default_factory=health.HealthState)
+    in_flight: int = 0
+    models: tuple[str, ...] = ()
+    last_check_wall: float | None = None
+
+
+def probe_url(upstream: UpstreamConfig) -> str | None:
+    if upstream.target is None:
+        return None
+    path = PROBE_PATHS.get(upstream.provider_type, "models")
+    if path.startswith("/"):
+        return upstream.target.origin + path
+    return upstream.target.url.rstrip("/") + "/" + path
+
+
+def models_from_probe(provider_type: ProviderType, body: bytes) -> tuple[str, ...]:
+    """Model ids from a ``/v1/models`` or Ollama ``/api/tags`` answer (best effort)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ()
+    if not isinstance(data, dict):
+        return ()
+    items = data.get("data") if provider_type is not ProviderType.LOCAL_OLLAMA else data.get("models")
+    if not isinstance(items, list):
+        return ()
+    key = "name" if provider_type is ProviderType.LOCAL_OLLAMA else "id"
+    return tuple(str(item[key]) for item in items if isinstance(item, dict) and isinstance(item.get(key), str))
+
+
+class UpstreamPool:
+    """All upstreams with their runtime state; the router's view of the world."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.thresholds = health.Thresholds(config.health.unhealthy_after, config.health.healthy_after)
+        self.runtimes: dict[str, UpstreamRuntime] = {
+            u.name: UpstreamRuntime(u, routing.static_decision(u, config.rules)) for u in config.upstreams
+        }
+
+    def permitted(self, name: str) -> bool:
+        """May traffic go to this upstream? (Names are re-checked at connect time.)"""
+        runtime = self.runtimes[name]
+        if runtime.decision is None or runtime.decision.is_local:
+            return True
+        if runtime.decision.verdict is policy.Verdict.INVALID:
+            return False
+        return not self.config.airgapped
+
+    def view(self, name: str) -> routing.UpstreamView:
+        runtime = self.runtimes[name]
+        return routing.UpstreamView(
+            permitted=self.permitted(name), available=runtime.health.available, in_flight=runtime.in_flight
+        )
+
+    def observe(self, name: str, ok: bool, error: str | None = None) -> None:
+        runtime = self.runtimes[name]
+        before = runtime.health.status
+        runtime.health = health.observe(runtime.health, ok, self.clock(), self.thresholds, error)
+        runtime.last_check_wall = time.time()
+        if runtime.health.status is not before:
+            _log.info(
+                "upstream_health_changed",
+                upstream=name,
+                status=runtime.health.status.value,
+                previous=before.value,
+                error=error,
+            )
+
+    def any_available(self) -> bool:
+        return any(self.permitted(n) and r.health.available for n, r in self.runtimes.items())
+
+
+async def probe_once(pool: UpstreamPool, egress: EgressClient, runtime: UpstreamRuntime) -> None:
+    """Probe one upstream through the egress client and record the result."""
+    url = probe_url(runtime.config)
+    if url is None or not pool.permitted(runtime.config.name):
+        return
+    headers = {"Authorization": f"Bearer {runtime.config.api_key}"} if runtime.config.api_key else {}
+    timeout = aiohttp.ClientTimeout(total=pool.config.health.timeout_s)
+    try:
+        response = await egress.request("GET", url, headers=headers, body=None, request_timeout=timeout)
+        try:
+            body = await egress.read_limited(response, MAX_PROBE_BODY)
+        finally:
+            response.release()
+    except ProxyError as exc:
+        pool.observe(runtime.config.name, False, exc.message)
+        return
+    if response.status >= 400:
+        pool.observe(runtime.config.name, False, f"probe answered HTTP {response.status}")
+        return
+    pool.observe(runtime.config.name, True)
+    models = models_from_probe(runtime.config.provider_type, body)
+    if models:
+        runtime.models = models
+
+
+async def probe_all(pool: UpstreamPool, egress: EgressClient) -> None:
+    await asyncio.gather(*(probe_once(pool, egress, r) for r in pool.runtimes.values()))
+
+
+async def probe_loop(pool: UpstreamPool, egress: EgressClient, interval_s: float) -> None:
+    """Probe every upstream every ``interval_s`` seconds until cancelled."""
+    while True:
+        try:
+            await probe_all(pool, egress)
+        except Exception as exc:  # noqa: BLE001 - the loop must survive any probe bug
+            _log.error("probe_loop_error", exc_type=type(exc).__name__)
+        await asyncio.sleep(interval_s)

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from airgap_proxy import __version__, policy, routing
-from airgap_proxy.config import Config, ConfigError, load_config
+from airgap_proxy.config import ENV_CONFIG, Config, ConfigError, load_config
 from airgap_proxy.egress import EgressClient, system_resolve
 from airgap_proxy.errors import ProxyError, UpstreamError
 from airgap_proxy.server import run
@@ -81,7 +81,8 @@ def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 def _classify(args: argparse.Namespace, env: dict[str, str]) -> int:
-    config = load_config(args.config, env) if args.config else Config()
+    # The same policy serve would use: --config, else $AIRGAP_PROXY_CONFIG, else built-in.
+    config = load_config(args.config, env) if args.config or env.get(ENV_CONFIG) else Config()
     resolve = None if args.no_resolve else system_resolve
     status = EXIT_OK
     for url in args.urls:

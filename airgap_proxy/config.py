@@ -38,6 +38,7 @@ RESERVED_UPSTREAM_NAMES = frozenset({"deterministic"})
 REDACTED = "***"
 
 _URL_SHAPE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -228,16 +229,48 @@ def load_config(path: str | None, env: Mapping[str, str]) -> Config:
     """
     path = path or env.get(ENV_CONFIG) or None
     raw: object = None
+    base = Path.cwd()
     if path is not None:
         text = _read_file(path, "config")
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or "syntax error"
-            raise ConfigError(path, f"invalid YAML{where}: {problem}") from None
-    return parse_config(raw, env, _read_file_for_key, source=path)
+        raw = parse_yaml(text, path)
+        base = Path(path).resolve().parent
+
+    def read_relative(name: str) -> str:
+        # Relative paths in the file are relative to the file, as operators expect.
+        return (base / name).read_text(encoding="utf-8")
+
+    return parse_config(raw, env, read_relative, source=path)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (the last one would silently win)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", key_node.start_mark
+            )
+        seen.add(key)
+    return dict(loader.construct_mapping(node, deep=deep))
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, where: str) -> object:
+    """Parse YAML text strictly; errors name ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(where, f"invalid YAML{at}: {problem}") from None
 
 
 def _read_file(path: str, key: str) -> str:
@@ -247,10 +280,6 @@ def _read_file(path: str, key: str) -> str:
         raise ConfigError(key, f"file {path!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(key, f"cannot read file {path!r}: {exc.__class__.__name__}") from None
-
-
-def _read_file_for_key(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8")
 
 
 def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, source: str | None = None) -> Config:
@@ -431,7 +460,8 @@ def _parse_host_patterns(section: _Section, key: str, default: tuple[str, ...], 
         if not isinstance(item, str):
             raise ConfigError(path, f"expected a host name, got {_kind(item)}")
         try:
-            patterns.append(policy.HostPattern(policy.validate_host_pattern(item), why))
+            validate = policy.validate_host_pattern if why else policy.validate_allow_pattern
+            patterns.append(policy.HostPattern(validate(item), why))
         except ValueError as exc:
             raise ConfigError(path, str(exc)) from None
     return patterns
@@ -497,6 +527,9 @@ def _parse_secret(section: _Section, env: Mapping[str, str], read_file: ReadFile
     if inline is not None:
         return inline or None, "inline"
     if env_name is not None:
+        if not _ENV_NAME_RE.match(env_name):
+            # Never echo the value: it may be the secret itself, pasted in the wrong key.
+            raise ConfigError(section.key_path(f"{stem}_env"), "must be the NAME of an environment variable")
         value = env.get(env_name) or None
         return value, f"env {env_name}" + ("" if value else " (not set)")
     if file_name is not None:
@@ -516,7 +549,9 @@ def _parse_upstream(section: _Section, env: Mapping[str, str]) -> UpstreamConfig
     name = section.get("name", str, None)
     if name is None:
         raise ConfigError(section.key_path("name"), "is required")
-    if not _NAME_RE.match(name) or name in RESERVED_UPSTREAM_NAMES:
+    if name in RESERVED_UPSTREAM_NAMES:
+        raise ConfigError(section.key_path("name"), f"{name!r} is reserved for the fallback")
+    if not _NAME_RE.match(name):
         raise ConfigError(section.key_path("name"), f"{name!r} is not a valid upstream name (letters, digits, _ . -)")
     provider_type = _parse_provider_type(
         section.key_path("provider_type"), section.get("provider_type", str, ProviderType.LOCAL_OPENAI_COMPATIBLE.value)
@@ -633,13 +668,12 @@ def _parse_fallback(section: _Section, read_file: ReadFile) -> FallbackConfig:
     if responses_file is not None:
         path = section.key_path("responses_file")
         try:
-            raw = yaml.safe_load(read_file(responses_file))
+            text = read_file(responses_file)
         except FileNotFoundError:
             raise ConfigError(path, f"file {responses_file!r} does not exist") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(path, f"cannot read file {responses_file!r}: {exc.__class__.__name__}") from None
-        except yaml.YAMLError:
-            raise ConfigError(path, f"file {responses_file!r} is not valid YAML") from None
+        raw = parse_yaml(text, path)
         try:
             canned = parse_canned(raw)
         except ValueError as exc:
@@ -651,6 +685,8 @@ def _parse_admin(section: _Section, env: Mapping[str, str], read_file: ReadFile)
     token_env = section.get("token_env", str, ENV_ADMIN_TOKEN)
     token_file = section.get("token_file", str, None)
     section.finish()
+    if not _ENV_NAME_RE.match(token_env):
+        raise ConfigError("admin.token_env", "must be the NAME of an environment variable")
     token = env.get(token_env) or None
     if token is None and token_file is not None:
         try:

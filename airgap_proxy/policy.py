@@ -203,8 +203,16 @@ def _labels_match(pattern: Sequence[str], host: Sequence[str]) -> bool:
     return len(pattern) == len(host) and all(p in ("*", h) for p, h in zip(pattern, host, strict=False))
 
 
+def validate_allow_pattern(raw: str) -> str:
+    """Normalise an ``allow_hosts`` entry: an exact name or ``*.suffix`` only."""
+    pattern = validate_host_pattern(raw)
+    if "*" in pattern.split(".", 1)[-1] or ("*" in pattern and not pattern.startswith("*.")):
+        raise ValueError("allow_hosts takes exact names or a leading '*.' wildcard only")
+    return pattern
+
+
 def validate_host_pattern(raw: str) -> str:
-    """Normalise an allow/deny host pattern; raise ValueError with a reason."""
+    """Normalise a host pattern (deny lists may also use inner ``*`` labels)."""
     if not isinstance(raw, str) or not raw:
         raise ValueError("must be a non-empty host name or '*.suffix'")
     text = raw.strip().lower()
@@ -319,8 +327,8 @@ def classify_static(target: Target, rules: Rules) -> Decision | None:
     """Steps 1-3 that need no resolution; None means "resolve the name".
 
     1. A host on the deny list is external, whatever else matches.
-    2. An IP literal is decided by :func:`check_addresses` (zone ids on
-       anything but a link-local address are invalid).
+    2. An IP literal is decided by :func:`check_addresses`; a zone id on an
+       address that would be local is invalid (ambiguous interface scope).
     3. A name on ``allow_hosts`` is local without resolving.
     """
     host = target.host

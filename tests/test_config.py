@@ -774,7 +774,7 @@ BROKEN = [
     ("broken_model_not_a_string.yaml", "upstreams[0].models[1]", "expected a model name or glob"),
     ("broken_negative_timeout.yaml", "timeouts.connect_s", "must be greater than 0"),
     ("broken_port_out_of_range.yaml", "listen.port", "expected a port number 0-65535, got 70000"),
-    ("broken_reserved_upstream_name.yaml", "upstreams[0].name", "'deterministic' is not a valid upstream name"),
+    ("broken_reserved_upstream_name.yaml", "upstreams[0].name", "'deterministic' is reserved for the fallback"),
     ("broken_top_level_list.yaml", "(top level)", "expected a mapping, got a list"),
     ("broken_two_key_sources.yaml", "upstreams[0].api_key_file", "give only one of api_key, api_key_env, api_key_file"),
     ("broken_unknown_nested_key.yaml", "listen.prot", "unknown key (known keys here: host, port)"),
@@ -959,3 +959,44 @@ def test_any_input_gives_a_config_or_a_config_error(raw, env):
     else:
         assert isinstance(config, Config)
         json.dumps(config.redacted())
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "version: 1\nupstreams: []\nairgapped: true\nupstreams:\n  - {name: a, base_url: http://127.0.0.1/v1}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), {})
+    assert "duplicate key 'upstreams'" in str(info.value)
+
+
+def test_relative_files_are_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "key.txt").write_text("sk-from-file\n")
+    (tmp_path / "proxy.yaml").write_text(
+        "upstreams:\n  - {name: a, base_url: 'http://127.0.0.1/v1', api_key_file: key.txt}\n"
+    )
+    monkeypatch.chdir("/")
+    config = load_config(str(tmp_path / "proxy.yaml"), {})
+    assert config.upstreams[0].api_key == "sk-from-file"
+
+
+@pytest.mark.parametrize("value", ["sk-live-THIS-IS-A-KEY", "MY VAR", "1ABC"])
+def test_api_key_env_must_be_a_variable_name_and_is_never_echoed(value: str) -> None:
+    raw = {"upstreams": [{"name": "a", "base_url": "http://127.0.0.1/v1", "api_key_env": value}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, {}, no_files)
+    assert info.value.path == "upstreams[0].api_key_env"
+    assert value not in str(info.value)
+
+
+@pytest.mark.parametrize("pattern", ["llm.*", "a.*.internal", "*"])
+def test_allow_hosts_takes_only_leading_wildcards(pattern: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"policy": {"allow_hosts": [pattern]}}, {}, no_files)
+    assert info.value.path == "policy.allow_hosts[0]"
+
+
+def test_deny_hosts_may_use_inner_wildcards() -> None:
+    config = parse_config({"policy": {"deny_hosts": ["llm.*.example.com"]}}, {}, no_files)
+    assert any(p.pattern == "llm.*.example.com" for p in config.rules.deny_hosts)

@@ -72,6 +72,18 @@ class PolicyResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         name = host.rstrip(".").lower()
+        denied = policy.deny_host_match(name, self._rules)
+        if denied is not None:
+            # Refuse before asking DNS: even the lookup of a hosted API would leak.
+            decision = policy.Decision(
+                policy.Verdict.EXTERNAL,
+                policy.REASON_DENY_HOST.format(host=name, why=denied.why or "deny_hosts"),
+                policy.Rule.DENY_HOST,
+                name,
+            )
+            if self._enforce:
+                raise EgressRefused(decision)
+            self._on_would_block(decision)
         try:
             results = await self._inner.resolve(host, port, family)
         except OSError as exc:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
@@ -37,6 +39,10 @@ PROXY_ENV_VARS = (
     "NO_PROXY",
     "no_proxy",
 )
+
+
+# Log lines go to stderr in tests, as in production, so stdout stays the CLI's.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 @pytest.fixture(autouse=True)

@@ -137,3 +137,15 @@ async def test_proxy_environment_variables_are_ignored(
     assert resp.status == 200
     assert len(fake.received) == 1
     assert trap.connections == 0
+
+
+async def test_deny_listed_names_are_refused_before_any_dns_lookup() -> None:
+    resolver = FakeResolver({"api.openai.com": ["127.0.0.1"]})
+    client = EgressClient(policy.Rules(), enforce=True, connect_timeout_s=2, read_timeout_s=2, resolver=resolver)
+    await client.start()
+    try:
+        with pytest.raises(AirgapViolation, match="deny list"):
+            await client.request("GET", "http://api.openai.com:1/", headers={}, body=None)
+    finally:
+        await client.close()
+    assert resolver.calls == []

@@ -672,14 +672,22 @@ class _Generator:
         raise SchemaError(f"cannot make a {name!r} string{limits}{extra}", pointer)
 
     def patterned(self, f: _Facts, pointer: str, seed: Seed) -> str:
-        regex = f.patterns[0]
+        """A string for every pattern; several patterns are tried alone and joined (``^a`` + ``z$``)."""
         for attempt in range(3 * ATTEMPTS):
-            try:
-                text = pattern.sample(regex, f.min_len, f.max_len, seed.child(f"pattern{attempt}"))
-            except pattern.PatternError as exc:
-                raise SchemaError(f"pattern {regex!r}: {exc}", pointer) from None
-            if text is not None and self.string_fits(f, text):
-                return text
+            samples = []
+            for regex in f.patterns:
+                lo = f.min_len if len(f.patterns) == 1 else 0
+                try:
+                    sample = pattern.sample(regex, lo, f.max_len, seed.child(f"pattern{attempt}:{regex}"))
+                except pattern.PatternError as exc:
+                    raise SchemaError(f"pattern {regex!r}: {exc}", pointer) from None
+                if sample is not None:
+                    samples.append(sample)
+            candidates = [*samples, "".join(samples), "".join(reversed(samples))] if len(samples) > 1 else samples
+            for text in candidates:
+                if self.string_fits(f, text):
+                    return text
+        regex = f.patterns[0]
         also = f" and {', '.join(repr(p) for p in f.patterns[1:])}" if len(f.patterns) > 1 else ""
         raise SchemaError(
             f"cannot make a string matching pattern {regex!r}{also}{_length_text(f.min_len, f.max_len)}", pointer

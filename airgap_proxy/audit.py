@@ -38,6 +38,7 @@ class Audit:
     error_code: str | None = None
     error: str | None = None
     bytes_out: int = 0
+    stripped: list[str] | None = None
 
     def fields(self, duration_ms: float) -> dict[str, Any]:
         return {
@@ -56,5 +57,6 @@ class Audit:
             "error_code": self.error_code,
             "error": self.error,
             "bytes_out": self.bytes_out,
+            "stripped_fields": self.stripped or None,
             "duration_ms": round(duration_ms, 3),
         }

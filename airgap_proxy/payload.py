@@ -20,6 +20,29 @@ REQUIRED_FIELDS = {
 }
 
 
+# Body fields with which a client could steer a gateway upstream (LiteLLM and
+# friends) to another endpoint or credentials. Routing is the proxy's job: they
+# are removed before forwarding.
+ROUTING_HINTS = frozenset(
+    {
+        "fallbacks",
+        "context_window_fallbacks",
+        "content_policy_fallbacks",
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_region_name",
+        "vertex_credentials",
+        "model_list",
+        "user_config",
+        "mock_response",
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Payload:
     """The parsed facts of a request: model, whether it streams, the JSON object."""
@@ -85,9 +108,17 @@ def _stream(data: dict[str, Any]) -> bool:
     return stream
 
 
-def with_model(payload: Payload, model: str) -> bytes:
-    """The body re-serialised with ``model`` replaced."""
+def hints_in(payload: Payload) -> list[str]:
+    """Routing-hint fields present in the body (usually none)."""
+    if payload.data is None:
+        return []
+    return [key for key in payload.data if key in ROUTING_HINTS]
+
+
+def rewritten(payload: Payload, model: str | None) -> bytes:
+    """The body re-serialised with ``model`` set (if given) and routing hints removed."""
     assert payload.data is not None
-    data = dict(payload.data)
-    data["model"] = model
+    data = {k: v for k, v in payload.data.items() if k not in ROUTING_HINTS}
+    if model is not None:
+        data["model"] = model
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()

@@ -464,3 +464,19 @@ async def test_readyz_reports_permitted_upstreams(aiohttp_client: Any, upstream:
     resp = await client.get("/readyz")
     assert resp.status == 200
     assert (await resp.json())["upstreams"] == ["default"]
+
+
+async def test_routing_hints_are_stripped_before_forwarding(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str]
+) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    hints = {"api_base": "https://api.openai.com/v1", "fallbacks": ["gpt-4o"], "api_key": "sk-x", "base_url": "x"}
+    with capture_logs() as logs:
+        resp = await client.post("/v1/chat/completions", json={**CHAT, **hints, "temperature": 0.2})
+    assert resp.status == 200
+    sent = fake.received[0].json()
+    assert not set(hints) & set(sent)
+    assert sent["temperature"] == 0.2 and sent["messages"] == CHAT["messages"]
+    [audit] = [e for e in logs if e["event"] == "request"]
+    assert sorted(audit["stripped_fields"]) == sorted(hints)

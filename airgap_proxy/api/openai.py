@@ -99,6 +99,8 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     if not permitted:
         _refuse(state, candidates[0].upstream.name, audit)
     attempts = routing.plan(permitted, state.pool.view)
+    hints = payload_mod.hints_in(parsed)
+    audit.stripped = hints
     if not attempts:
         audit.upstream = permitted[0].upstream.name
         return await fallback_http.respond(request, state, tail, parsed, model, forced=False)
@@ -107,8 +109,9 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
         runtime = state.pool.runtimes[candidate.upstream.name]
         _record_policy(state, runtime, audit)
         send_body = body
-        if candidate.model is not None and candidate.model != parsed.model and parsed.data is not None:
-            send_body = payload_mod.with_model(parsed, candidate.model)
+        new_model = candidate.model if candidate.model != parsed.model else None
+        if parsed.data is not None and (new_model is not None or hints):
+            send_body = payload_mod.rewritten(parsed, new_model)
         runtime.in_flight += 1
         try:
             try:

@@ -65,6 +65,10 @@ class _Exhausted(SchemaError):
     """The budget ran out: stop everything, do not try alternatives."""
 
 
+class _TooDeep(SchemaError):
+    """Values nest past ``MAX_DEPTH``: other seeds will not help, other branches may."""
+
+
 @dataclass(slots=True)
 class _ObjectRule:
     """``properties`` / ``patternProperties`` / ``additionalProperties`` of one schema."""
@@ -92,9 +96,11 @@ class _Facts:
     lo: Fraction | None = None
     lo_excl: bool = False
     lo_text: str = ""
+    lo_at: str = ""
     hi: Fraction | None = None
     hi_excl: bool = False
     hi_text: str = ""
+    hi_at: str = ""
     multiples: list[int | float] = field(default_factory=list)
     min_len: int = 0
     max_len: int | None = None
@@ -197,7 +203,7 @@ class _Generator:
     def generate(self, schema: object, pointer: str, depth: int, seed: Seed) -> Any:
         """A value valid against ``schema``, or :class:`SchemaError`."""
         if depth > MAX_DEPTH:
-            raise SchemaError("values nest too deeply (a recursive $ref with no way out?)", pointer)
+            raise _TooDeep("values nest too deeply (a recursive $ref with no way out?)", pointer)
         if schema is True:
             return _WORDS[seed.below(len(_WORDS))]
         base = _Facts()
@@ -300,20 +306,20 @@ class _Generator:
                 f.multiples.append(value)
             elif keyword.endswith("inimum"):
                 exclusive = keyword == "exclusiveMinimum" or schema.get("exclusiveMinimum") is True
-                self.lower(f, Fraction(value), exclusive, "exclusiveMinimum" if exclusive else "minimum")
+                self.lower(f, Fraction(value), exclusive, "exclusiveMinimum" if exclusive else "minimum", pointer)
             else:
                 exclusive = keyword == "exclusiveMaximum" or schema.get("exclusiveMaximum") is True
-                self.upper(f, Fraction(value), exclusive, "exclusiveMaximum" if exclusive else "maximum")
+                self.upper(f, Fraction(value), exclusive, "exclusiveMaximum" if exclusive else "maximum", pointer)
 
     @staticmethod
-    def lower(f: _Facts, value: Fraction, exclusive: bool, keyword: str) -> None:
+    def lower(f: _Facts, value: Fraction, exclusive: bool, keyword: str, pointer: str) -> None:
         if f.lo is None or value > f.lo or (value == f.lo and exclusive):
-            f.lo, f.lo_excl, f.lo_text = value, exclusive, _bound_text(keyword, value)
+            f.lo, f.lo_excl, f.lo_text, f.lo_at = value, exclusive, _bound_text(keyword, value), pointer
 
     @staticmethod
-    def upper(f: _Facts, value: Fraction, exclusive: bool, keyword: str) -> None:
+    def upper(f: _Facts, value: Fraction, exclusive: bool, keyword: str, pointer: str) -> None:
         if f.hi is None or value < f.hi or (value == f.hi and exclusive):
-            f.hi, f.hi_excl, f.hi_text = value, exclusive, _bound_text(keyword, value)
+            f.hi, f.hi_excl, f.hi_text, f.hi_at = value, exclusive, _bound_text(keyword, value), pointer
 
     def collect_string(self, f: _Facts, schema: dict[str, Any], pointer: str) -> None:
         if "minLength" in schema:
@@ -469,13 +475,19 @@ class _Generator:
             return
         for attempt in range(ATTEMPTS):
             s = seed if attempt == 0 else seed.child(f"attempt{attempt}")
+            too_deep = False
             for t in types:
                 try:
                     yield self.typed(t, f, pointer, depth, s, minimal=minimal)
                 except _Exhausted:
                     raise
+                except _TooDeep as exc:
+                    errors.append(exc)
+                    too_deep = True
                 except SchemaError as exc:
                     errors.append(exc)
+            if too_deep:
+                return
 
     def listed(self, f: _Facts, seed: Seed, minimal: bool) -> Iterator[Any]:
         pool = f.consts[:1] if f.consts else f.enums[0]
@@ -538,6 +550,10 @@ class _Generator:
     # -------------------------------------------------------------- numbers
 
     def bounds_error(self, f: _Facts, what: str, pointer: str) -> SchemaError:
+        """Why no number fits, located where the bounds are if they share a schema."""
+        located = {p for p in (f.lo_at, f.hi_at) if p}
+        if len(located) == 1:
+            pointer = located.pop()
         if f.lo is not None and f.hi is not None and (f.lo > f.hi or (f.lo == f.hi and (f.lo_excl or f.hi_excl))):
             relation = "is greater than" if f.lo > f.hi else "leaves no value below"
             return SchemaError(f"{f.lo_text} {relation} {f.hi_text}", pointer)

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello"}]}).encode()
 STREAM = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hello"}]}).encode()
 
-UPSTREAM = r'''
+UPSTREAM = r"""
 import asyncio, json, sys
 from aiohttp import web
 BODY = json.dumps({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
@@ -52,7 +52,7 @@ app = web.Application()
 app.router.add_post("/v1/chat/completions", chat)
 app.router.add_get("/v1/models", lambda r: web.json_response({"object": "list", "data": []}))
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-'''
+"""
 
 
 def free_port() -> int:
@@ -151,8 +151,10 @@ async def run(args: argparse.Namespace) -> None:
                 f"http://127.0.0.1:{proxy_port}/v1/chat/completions", body, stream=stream, total=total, concurrency=conc
             )
             rows.append((name, direct, proxied))
-        print(f"{'scenario':<24}{'direct rps':>12}{'proxy rps':>12}{'p50 added ms':>14}{'ttfb added ms':>15}"
-              f"{'proxy p99 ms':>14}")
+        print(
+            f"{'scenario':<24}{'direct rps':>12}{'proxy rps':>12}{'p50 added ms':>14}{'ttfb added ms':>15}"
+            f"{'proxy p99 ms':>14}"
+        )
         for name, direct, proxied in rows:
             print(
                 f"{name:<24}{direct['rps']:>12.0f}{proxied['rps']:>12.0f}"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
-from airgap_proxy import policy
-from airgap_proxy.api import health, openai, status
+from airgap_proxy import crypto, policy
+from airgap_proxy.api import admin, health, openai, status
 from airgap_proxy.config import Config
 from airgap_proxy.egress import EgressClient
 from airgap_proxy.logs import get_logger
@@ -36,12 +37,18 @@ def create_app(config: Config, *, resolver: AbstractResolver | None = None) -> w
         resolver=resolver,
         on_would_block=on_would_block,
     )
-    app[STATE] = AppState(config=config, egress=egress, pool=UpstreamPool(config), canned=config.fallback.canned)
+    keyring = crypto.Keyring.from_texts(config.secret_key, config.previous_secret_keys, os.urandom)
+    app[STATE] = AppState(
+        config=config, egress=egress, pool=UpstreamPool(config), canned=config.fallback.canned, keyring=keyring
+    )
+    # The store first: if it cannot open, nothing else has started yet.
+    app.cleanup_ctx.append(_tenant_store)
     app.cleanup_ctx.append(_egress_lifecycle)
     app.cleanup_ctx.append(_health_probes)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/api/v1/llm/status", status.llm_status)
+    admin.add_routes(app)
     app.router.add_route("*", "/v1/{tail:.*}", openai.proxy_v1)
     return app
 
@@ -66,6 +73,15 @@ async def _egress_lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     state.started = False
     await state.egress.close()
+
+
+async def _tenant_store(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    await admin.open_store(state)
+    yield
+    if state.store is not None:
+        await state.store.close()
+        state.store = None
 
 
 async def _health_probes(app: web.Application) -> AsyncIterator[None]:

@@ -1,7 +1,8 @@
-"""Command line: ``serve``, ``classify``, ``check-config`` and ``status``.
+"""Command line: ``serve``, ``classify``, ``check-config``, ``status`` and ``rotate-keys``.
 
 Exit status: 0 success (every URL / upstream local), 1 a target is not local
-(or the server could not start), 2 usage or configuration error.
+(or the server could not start, or a tenant key could not be re-encrypted),
+2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from airgap_proxy import __version__, policy, routing
-from airgap_proxy.config import ENV_CONFIG, Config, ConfigError, load_config
+from airgap_proxy import __version__, crypto, policy, routing
+from airgap_proxy.config import ENV_CONFIG, ENV_SECRET_KEY, Config, ConfigError, load_config
 from airgap_proxy.egress import EgressClient, system_resolve
 from airgap_proxy.errors import ProxyError, UpstreamError
 from airgap_proxy.server import run
+from airgap_proxy.tenant_store import StoreError, TenantStore
 
 EXIT_OK = 0
 EXIT_NOT_LOCAL = 1
@@ -52,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="load the config as serve would and report")
     check.add_argument("--config", help="YAML config file (default: $AIRGAP_PROXY_CONFIG)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    rotate = sub.add_parser(
+        "rotate-keys", help="re-encrypt every tenant API key with the current secret key (AIRGAP_PROXY_SECRET_KEY)"
+    )
+    rotate.add_argument("--config", help="YAML config file (default: $AIRGAP_PROXY_CONFIG)")
     return parser
 
 
@@ -69,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _classify(args, env)
         if args.command == "status":
             return _status(args)
+        if args.command == "rotate-keys":
+            return _rotate_keys(args, env)
         return _check_config(args, env)
     except ConfigError as exc:
         print(f"airgap-proxy: config error: {exc}", file=sys.stderr)
@@ -77,7 +86,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     config = load_config(args.config, env)
-    return run(config, host=args.host, port=args.port)
+    try:
+        return run(config, host=args.host, port=args.port)
+    except StoreError as exc:
+        print(f"airgap-proxy: {exc}", file=sys.stderr)
+        return EXIT_NOT_LOCAL
+
+
+def _rotate_keys(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Re-seal every tenant API key with the current secret key; print counts, never keys.
+
+    The previous keys (``AIRGAP_PROXY_PREVIOUS_SECRET_KEYS``) must include every
+    key a record was sealed with; records that cannot be opened are left as they
+    are and named (exit status 1).
+    """
+    config = load_config(args.config, env)
+    if config.secret_key is None:
+        print(
+            f"airgap-proxy: rotate-keys needs the new secret key in {ENV_SECRET_KEY} (or tenants.secret_key_file)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    keyring = crypto.Keyring.from_texts(config.secret_key, config.previous_secret_keys, os.urandom)
+    assert keyring.current is not None
+    path = config.tenants.store
+    if not TenantStore.exists(path):
+        print(f"tenant store {path} does not exist: nothing to re-encrypt")
+        return EXIT_OK
+    store = TenantStore(path)
+    try:
+        store.open()
+        report = store.rotate(keyring)
+    except StoreError as exc:
+        print(f"airgap-proxy: {exc}", file=sys.stderr)
+        return EXIT_NOT_LOCAL
+    finally:
+        store.close()
+    print(
+        f"re-encrypted {report.resealed} tenant API key(s) with secret key id {keyring.current.key_id}; "
+        f"{report.current} already current, {report.without_key} without a key, {len(report.failed)} failed"
+    )
+    for tenant, why in report.failed:
+        print(f"airgap-proxy: tenant {tenant}: {why}", file=sys.stderr)
+    return EXIT_OK if not report.failed else EXIT_NOT_LOCAL
 
 
 def _classify(args: argparse.Namespace, env: dict[str, str]) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from airgap_proxy import policy
+from airgap_proxy import crypto, policy
 from airgap_proxy.fallback import EMPTY_CANNED, Canned, parse_canned
 from airgap_proxy.targets import Target, TargetError, parse_target
 
@@ -33,13 +33,17 @@ ENV_HOST = "AIRGAP_PROXY_HOST"
 ENV_PORT = "AIRGAP_PROXY_PORT"
 ENV_ADMIN_TOKEN = "AIRGAP_PROXY_ADMIN_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_SECRET_KEY = "AIRGAP_PROXY_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
+ENV_PREVIOUS_SECRET_KEYS = "AIRGAP_PROXY_PREVIOUS_SECRET_KEYS"  # noqa: S105 - a variable name, not a secret
 DEFAULT_UPSTREAM_NAME = "default"
 RESERVED_UPSTREAM_NAMES = frozenset({"deterministic"})
 REDACTED = "***"
 
 _URL_SHAPE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
+# Tenant ids travel in URLs, headers and logs: safe characters, bounded length.
+TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
+_SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -133,7 +137,20 @@ class FallbackConfig:
 
 @dataclass(frozen=True)
 class TenantsConfig:
+    """Where tenant providers live and where the keys that seal their API keys come from."""
+
     store: str = "tenants.db"
+    secret_key_file: str | None = None
+    previous_secret_keys_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """A client of the proxy: the SHA-256 (hex) of its bearer key, and the one tenant it acts for."""
+
+    name: str
+    key_hash: str = field(repr=False)
+    tenant: str
 
 
 @dataclass(frozen=True)
@@ -175,6 +192,8 @@ class Config:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     secret_key: str | None = field(default=None, repr=False)
+    previous_secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    clients: tuple[ClientConfig, ...] = ()
     source: str | None = None
 
     def redacted(self) -> dict[str, Any]:
@@ -210,9 +229,15 @@ class Config:
                 "healthy_after": self.health.healthy_after,
             },
             "fallback": {"mode": self.fallback.mode.value, "responses_file": self.fallback.responses_file},
-            "tenants": {"store": self.tenants.store},
+            "tenants": {
+                "store": self.tenants.store,
+                "secret_key_file": self.tenants.secret_key_file,
+                "previous_secret_keys_file": self.tenants.previous_secret_keys_file,
+            },
+            "clients": [{"name": c.name, "key_hash": REDACTED, "tenant": c.tenant} for c in self.clients],
             "admin": {"enabled": self.admin.token is not None, "token": REDACTED if self.admin.token else None},
             "secret_key": REDACTED if self.secret_key else None,
+            "previous_secret_keys": [REDACTED for _ in self.previous_secret_keys],
             "limits": {"max_body_bytes": self.limits.max_body_bytes},
             "timeouts": {"connect_s": self.timeouts.connect_s, "upstream_s": self.timeouts.upstream_s},
             "logging": {"format": self.logging.format.value, "level": self.logging.level},
@@ -303,9 +328,8 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
         default_model = env[ENV_MODEL].strip()
     health = _parse_health(root.section("health"))
     fallback_config = _parse_fallback(root.section("fallback"), read_file)
-    tenants_section = root.section("tenants")
-    tenants = TenantsConfig(store=tenants_section.get("store", str, TenantsConfig.store))
-    tenants_section.finish()
+    tenants, secret, previous_secrets = _parse_tenants(root.section("tenants"), env, read_file)
+    clients = _parse_clients(root)
     admin = _parse_admin(root.section("admin"), env, read_file)
     limits_section = root.section("limits")
     max_body = limits_section.get("max_body_bytes", int, LimitsConfig.max_body_bytes)
@@ -314,7 +338,6 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
     limits_section.finish()
     timeouts = _parse_timeouts(root.section("timeouts"))
     logging_config = _parse_logging(root.section("logging"))
-    secret = env.get(ENV_SECRET_KEY) or None
     root.finish()
     return Config(
         listen=listen,
@@ -330,6 +353,8 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
         timeouts=timeouts,
         logging=logging_config,
         secret_key=secret,
+        previous_secret_keys=previous_secrets,
+        clients=clients,
         source=source,
     )
 
@@ -702,6 +727,96 @@ def _parse_admin(section: _Section, env: Mapping[str, str], read_file: ReadFile)
             token_env if env.get(token_env) else "admin.token_file", "admin token must be at least 16 characters"
         )
     return AdminConfig(token=token, token_env=token_env, token_file=token_file)
+
+
+def _read_optional(read_file: ReadFile, path: str, name: str) -> str:
+    try:
+        return read_file(name)
+    except FileNotFoundError:
+        raise ConfigError(path, f"file {name!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, f"cannot read file {name!r}: {exc.__class__.__name__}") from None
+
+
+def _check_secret_key(where: str, text: str) -> None:
+    # The key itself is never part of the message: it may be the secret.
+    try:
+        crypto.parse_secret_key(text)
+    except crypto.KeyFormatError as exc:
+        raise ConfigError(where, str(exc)) from None
+
+
+def _parse_tenants(
+    section: _Section, env: Mapping[str, str], read_file: ReadFile
+) -> tuple[TenantsConfig, str | None, tuple[str, ...]]:
+    """The tenant store path and the secret keys that seal tenant API keys.
+
+    1. The current key: ``AIRGAP_PROXY_SECRET_KEY``, else ``tenants.secret_key_file``.
+    2. Previous keys (decryption only, for rotation): ``AIRGAP_PROXY_PREVIOUS_SECRET_KEYS``
+       (comma-separated), else ``tenants.previous_secret_keys_file`` (one per line).
+    """
+    store = section.get("store", str, TenantsConfig.store)
+    key_file = section.get("secret_key_file", str, None)
+    previous_file = section.get("previous_secret_keys_file", str, None)
+    section.finish()
+    if not store.strip():
+        raise ConfigError(section.key_path("store"), "must be a file path")
+    secret = env.get(ENV_SECRET_KEY, "").strip() or None
+    where = ENV_SECRET_KEY
+    if secret is None and key_file is not None:
+        where = section.key_path("secret_key_file")
+        secret = _read_optional(read_file, where, key_file).strip() or None
+    if secret is not None:
+        _check_secret_key(where, secret)
+    previous_text = env.get(ENV_PREVIOUS_SECRET_KEYS, "")
+    where, separator = ENV_PREVIOUS_SECRET_KEYS, ","
+    if not previous_text.strip() and previous_file is not None:
+        where, separator = section.key_path("previous_secret_keys_file"), "\n"
+        previous_text = _read_optional(read_file, where, previous_file)
+    previous = tuple(p.strip() for p in previous_text.split(separator) if p.strip())
+    for index, text in enumerate(previous):
+        _check_secret_key(f"{where}[{index}]", text)
+    config = TenantsConfig(store=store, secret_key_file=key_file, previous_secret_keys_file=previous_file)
+    return config, secret, previous
+
+
+def _parse_clients(root: _Section) -> tuple[ClientConfig, ...]:
+    """``clients``: every key is read before any is validated, so unknown keys are reported first."""
+    items = root.get_list("clients", ())
+    assert items is not None
+    clients: list[ClientConfig] = []
+    for index, item in enumerate(items):
+        section = _Section(item, f"clients[{index}]", root.read_file)
+        name = section.get("name", str, None)
+        key_hash = section.get("key_hash", str, None)
+        tenant = section.get("tenant", str, None)
+        section.finish()
+        for key, value in (("name", name), ("key_hash", key_hash), ("tenant", tenant)):
+            if value is None:
+                raise ConfigError(section.key_path(key), "is required")
+        assert name is not None and key_hash is not None and tenant is not None
+        if not _NAME_RE.match(name):
+            raise ConfigError(section.key_path("name"), f"{name!r} is not a valid client name (letters, digits, _ . -)")
+        digest = key_hash.strip().lower().removeprefix("sha256:")
+        if not _SHA256_HEX_RE.match(digest):
+            raise ConfigError(
+                section.key_path("key_hash"),
+                "expected the SHA-256 of the client's key as 64 hex digits, optionally after 'sha256:' "
+                '(printf %s "$KEY" | sha256sum), never the key itself',
+            )
+        if not TENANT_ID_RE.match(tenant):
+            raise ConfigError(
+                section.key_path("tenant"), f"{tenant!r} is not a valid tenant id (letters, digits, _ . -, at most 64)"
+            )
+        for other in clients:
+            if other.name == name:
+                raise ConfigError(section.key_path("name"), f"duplicate client name {name!r}")
+            if other.key_hash == digest:
+                raise ConfigError(
+                    section.key_path("key_hash"), f"the same key is already given to client {other.name!r}"
+                )
+        clients.append(ClientConfig(name=name, key_hash=digest, tenant=tenant))
+    return tuple(clients)
 
 
 def _parse_timeouts(section: _Section) -> TimeoutsConfig:

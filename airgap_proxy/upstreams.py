@@ -116,13 +116,23 @@ class UpstreamPool:
         return any(self.permitted(n) and r.health.available for n, r in self.runtimes.items())
 
 
-async def probe_once(pool: UpstreamPool, egress: EgressClient, runtime: UpstreamRuntime) -> None:
-    """Probe one upstream through the egress client and record the result."""
-    url = probe_url(runtime.config)
-    if url is None or not pool.permitted(runtime.config.name):
-        return
-    headers = {"Authorization": f"Bearer {runtime.config.api_key}"} if runtime.config.api_key else {}
-    timeout = aiohttp.ClientTimeout(total=pool.config.health.timeout_s)
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One health probe's outcome: reachable or the error, and the models it listed."""
+
+    ok: bool
+    error: str | None = None
+    status: int | None = None
+    models: tuple[str, ...] = ()
+
+
+async def probe_endpoint(egress: EgressClient, upstream: UpstreamConfig, timeout_s: float) -> Probe:
+    """GET the free health endpoint of ``upstream`` through the egress client (never a completion)."""
+    url = probe_url(upstream)
+    if url is None:
+        return Probe(False, "the base URL is invalid")
+    headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         response = await egress.request("GET", url, headers=headers, body=None, request_timeout=timeout)
         try:
@@ -130,15 +140,20 @@ async def probe_once(pool: UpstreamPool, egress: EgressClient, runtime: Upstream
         finally:
             response.release()
     except ProxyError as exc:
-        pool.observe(runtime.config.name, False, exc.message)
-        return
+        return Probe(False, exc.message)
     if response.status >= 400:
-        pool.observe(runtime.config.name, False, f"probe answered HTTP {response.status}")
+        return Probe(False, f"probe answered HTTP {response.status}", response.status)
+    return Probe(True, None, response.status, models_from_probe(upstream.provider_type, body))
+
+
+async def probe_once(pool: UpstreamPool, egress: EgressClient, runtime: UpstreamRuntime) -> None:
+    """Probe one upstream through the egress client and record the result."""
+    if probe_url(runtime.config) is None or not pool.permitted(runtime.config.name):
         return
-    pool.observe(runtime.config.name, True)
-    models = models_from_probe(runtime.config.provider_type, body)
-    if models:
-        runtime.models = models
+    probe = await probe_endpoint(egress, runtime.config, pool.config.health.timeout_s)
+    pool.observe(runtime.config.name, probe.ok, probe.error)
+    if probe.models:
+        runtime.models = probe.models
 
 
 async def probe_all(pool: UpstreamPool, egress: EgressClient) -> None:

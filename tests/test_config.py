@@ -623,7 +623,10 @@ def test_host_patterns_are_normalised():
         ),
         pytest.param({"tenants": {"store": 5}}, "tenants.store", "expected a string", id="store not a string"),
         pytest.param(
-            {"tenants": {"path": "x"}}, "tenants.path", "unknown key (known keys here: store)", id="unknown tenants key"
+            {"tenants": {"path": "x"}},
+            "tenants.path",
+            "unknown key (known keys here: previous_secret_keys_file, secret_key_file, store)",
+            id="unknown tenants key",
         ),
         pytest.param({"policy": {"allow_network": []}}, "policy.allow_network", "unknown key", id="unknown policy key"),
         pytest.param(

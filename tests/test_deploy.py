@@ -456,7 +456,7 @@ def run_healthcheck(command: list[str], port: int) -> subprocess.CompletedProces
 
 
 def test_container_command_serves_the_probes(container: Container) -> None:
-    status, headers, body = get(container.port, "/healthz")
+    status, _, body = get(container.port, "/healthz")
     assert status == 200
     assert json.loads(body)["status"] == "ok"
     status, _, body = get(container.port, "/readyz")
@@ -690,7 +690,7 @@ def compose_resolver(project: Project) -> policy.Resolve:
 
 
 def test_compose_agents_reach_the_proxy(project: Project) -> None:
-    agents, proxy = project.services["agents"], project.services["airgap-proxy"]
+    agents = project.services["agents"]
     url = urlsplit(agents["environment"]["LLM_BASE_URL"])
     listen = proxy_config(project).listen
     assert (url.hostname, url.port) == ("airgap-proxy", listen.port)
@@ -1119,13 +1119,13 @@ def test_egress_network_policy_allows_only_dns_and_the_llm_namespace(
     effective, _ = effective_proxy_config(objects, spec, container)
     for upstream in effective.upstreams:
         assert upstream.target is not None
-        service, namespace, *_ = upstream.target.host.split(".")
+        _service, namespace, *_ = upstream.target.host.split(".")
         assert namespace in namespaces, f"{pattern}: {upstream.target.host} is not in an allowed namespace"
     assert namespaces == {"kube-system", namespace}
 
 
 def test_kubernetes_health_commands_run_against_the_proxy(container: Container) -> None:
-    _, spec, proxy = the_proxy(kustomize(KUBE_DIR / "sidecar"))
+    _, _, proxy = the_proxy(kustomize(KUBE_DIR / "sidecar"))
     for probe in ("startupProbe", "livenessProbe"):
         result = run_healthcheck(proxy[probe]["exec"]["command"], container.port)
         assert result.returncode == 0, result.stderr.decode()

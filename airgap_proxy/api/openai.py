@@ -2,15 +2,20 @@
 
 For each request:
 
-1. Read the body within ``limits.max_body_bytes`` (413 past it).
-2. Parse what routing needs (model, stream); 400 for malformed core requests.
-3. ``X-Airgap-Mode: deterministic`` answers from the fallback at once.
-4. Route by model (404 if no upstream serves it) and plan the attempts:
+1. Identify the tenant: with ``clients`` configured the client's bearer key
+   decides (401 missing or unknown key, 403 an ``X-Tenant-ID`` of another
+   tenant); otherwise ``X-Tenant-ID`` does.
+2. Read the body within ``limits.max_body_bytes`` (413 past it).
+3. Parse what routing needs (model, stream); 400 for malformed core requests.
+4. ``X-Airgap-Mode: deterministic`` answers from the fallback at once.
+5. A tenant with its own provider goes there, and only there (see
+   :func:`proxy_tenant`); an unknown tenant continues with the default upstreams.
+6. Route by model (404 if no upstream serves it) and plan the attempts:
    policy-permitted, available upstreams by priority and load.
-5. Every candidate refused by the policy while air-gapped: 422, and no
+7. Every candidate refused by the policy while air-gapped: 422, and no
    connection is opened. Report-only mode forwards and records ``would_block``.
-6. Nothing available: the deterministic fallback (or 503 in ``error`` mode).
-7. Send through the egress client (which re-checks every address at connect
+8. Nothing available: the deterministic fallback (or 503 in ``error`` mode).
+9. Send through the egress client (which re-checks every address at connect
    time). A connect failure or a 5xx before any byte reached the client is
    retried once on the next candidate; then the response is relayed chunk by
    chunk as it arrives.
@@ -24,11 +29,13 @@ import json
 import aiohttp
 from aiohttp import web
 
-from airgap_proxy import fallback_http, policy, routing
+from airgap_proxy import crypto, fallback_http, policy, routing, tenants
 from airgap_proxy import payload as payload_mod
 from airgap_proxy.audit import Action, Audit
+from airgap_proxy.config import UpstreamConfig
 from airgap_proxy.errors import (
     AirgapViolation,
+    InternalError,
     InvalidRequest,
     NoHealthyUpstream,
     ProxyError,
@@ -41,12 +48,15 @@ from airgap_proxy.headers import (
     client_response_headers,
     upstream_request_headers,
 )
+from airgap_proxy.logs import get_logger
 from airgap_proxy.state import AUDIT_KEY, STATE, AppState
+from airgap_proxy.tenants import TENANT_HEADER, StoredProvider
 from airgap_proxy.upstreams import UpstreamRuntime
 
 SSE_CONTENT_TYPE = "text/event-stream"
 MODE_HEADER = "X-Airgap-Mode"
 _FORBIDDEN_SEGMENTS = frozenset({"..", ".", "%2e%2e", "%2e", ".%2e", "%2e."})
+_log = get_logger("airgap_proxy.tenants")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -82,6 +92,10 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     audit = request[AUDIT_KEY]
     config = state.config
+    identity = tenants.identify(
+        request.headers.get("Authorization"), request.headers.get(TENANT_HEADER), config.clients
+    )
+    audit.tenant = identity.tenant
     tail = upstream_path(request.rel_url.raw_path)
     body = await read_body(request, config.limits.max_body_bytes)
     parsed = payload_mod.parse_payload(tail, request.method, body, request.content_type)
@@ -90,6 +104,9 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     audit.model = model
     if request.headers.get(MODE_HEADER, "").lower() == "deterministic":
         return await fallback_http.respond(request, state, tail, parsed, model, forced=True)
+    provider = await state.tenant_provider(identity.tenant)
+    if provider is not None:
+        return await proxy_tenant(request, state, provider, tail=tail, body=body, parsed=parsed)
     if tail == "models" and request.method == "GET":
         return fallback_http.models_response(state, audit)
     if not config.upstreams:
@@ -115,7 +132,7 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
         runtime.in_flight += 1
         try:
             try:
-                response = await _send(request, state, runtime, tail=tail, body=send_body, audit=audit)
+                response = await _send(request, state, runtime.config, tail=tail, body=send_body, audit=audit)
             except UpstreamError as exc:
                 state.pool.observe(runtime.config.name, False, exc.message)
                 if last:
@@ -134,6 +151,56 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
         finally:
             runtime.in_flight -= 1
     raise NoHealthyUpstream("no upstream could be reached")  # pragma: no cover - the loop always returns
+
+
+async def proxy_tenant(
+    request: web.Request,
+    state: AppState,
+    provider: StoredProvider,
+    *,
+    tail: str,
+    body: bytes,
+    parsed: payload_mod.Payload,
+) -> web.StreamResponse:
+    """Relay to the tenant's own provider with the tenant's own key, and nowhere else.
+
+    1. The provider's verdict now (:func:`tenants.request_time_decision`):
+       ``invalid`` is 422; ``external`` is 422 while air-gapped, forwarded and
+       recorded as ``would_block`` in report-only mode.
+    2. The tenant's model replaces ``default`` or a missing model.
+    3. One attempt, no retry elsewhere: a provider that cannot be reached is
+       502/504, never the operator's upstreams or keys, and not the
+       deterministic fallback either (it would hide the tenant's outage;
+       ``X-Airgap-Mode: deterministic`` still asks for it explicitly).
+    """
+    audit = request[AUDIT_KEY]
+    decision = tenants.request_time_decision(provider, state.config.rules)
+    audit.upstream = tenants.upstream_name(provider.tenant)
+    audit.verdict, audit.reason, audit.rule = decision.verdict.value, decision.reason, decision.rule.value
+    if not decision.is_local:
+        if state.config.airgapped or decision.verdict is policy.Verdict.INVALID:
+            raise AirgapViolation(decision.reason)
+        audit.decision = Action.WOULD_BLOCK
+    else:
+        audit.decision = Action.FORWARD
+    try:
+        api_key = tenants.open_api_key(provider, state.keyring)
+    except crypto.SealError as exc:
+        _log.error("tenant_key_unavailable", tenant=provider.tenant, reason=str(exc))
+        raise InternalError(f"The API key of tenant {provider.tenant!r} cannot be decrypted: {exc}") from None
+    model = routing.requested_model(parsed.model, provider.model)
+    audit.model = model
+    send_body = body
+    hints = payload_mod.hints_in(parsed)
+    audit.stripped = hints
+    new_model = model if model != parsed.model else None
+    if parsed.data is not None and (new_model is not None or hints):
+        send_body = payload_mod.rewritten(parsed, new_model)
+    response = await _send(request, state, provider.upstream(api_key), tail=tail, body=send_body, audit=audit)
+    try:
+        return await _relay(request, state, response, audit)
+    finally:
+        response.release()
 
 
 def _refuse(state: AppState, name: str, audit: Audit) -> None:
@@ -162,12 +229,13 @@ def _record_policy(state: AppState, runtime: UpstreamRuntime, audit: Audit) -> N
 
 
 async def _send(
-    request: web.Request, state: AppState, runtime: UpstreamRuntime, *, tail: str, body: bytes, audit: Audit
+    request: web.Request, state: AppState, upstream: UpstreamConfig, *, tail: str, body: bytes, audit: Audit
 ) -> aiohttp.ClientResponse:
-    upstream = runtime.config
     assert upstream.target is not None  # invalid targets are never permitted
     url = upstream_url(upstream.target.url, tail, request.rel_url.raw_query_string)
     headers = upstream_request_headers(request.headers, upstream.api_key, audit.request_id)
+    # Which tenant a request is for is the proxy's business, not the upstream's.
+    headers.popall(TENANT_HEADER, None)
     try:
         return await state.egress.request(request.method, url, headers=headers, body=body or None)
     except AirgapViolation as exc:

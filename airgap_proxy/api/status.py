@@ -6,23 +6,33 @@ The four fields of the reference page keep their meaning:
 fallback), and ``airgap_compliant`` (no configured upstream would make an
 external call). ``airgapped``, ``fallback_active`` and per-upstream detail
 come on top.
+
+``?tenant=ID`` (or ``X-Tenant-ID``) gives that tenant's view: its own
+provider (verdict now, reachability from a probe through the egress client,
+reused for ``health.interval_s``), or, for a tenant without one, the default
+view with ``tenant`` added. With ``clients`` configured a tenant view needs
+that tenant's client key (or the admin token); without credentials the
+default view is served as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from airgap_proxy import policy, routing
+from airgap_proxy import crypto, policy, routing, tenants
 from airgap_proxy.config import FallbackMode
-from airgap_proxy.errors import ModelNotFound, NoHealthyUpstream
+from airgap_proxy.errors import InvalidRequest, ModelNotFound, NoHealthyUpstream
 from airgap_proxy.fallback_http import DEFAULT_FALLBACK_MODEL, DETERMINISTIC
 from airgap_proxy.health import HealthStatus
-from airgap_proxy.state import STATE, AppState
-from airgap_proxy.upstreams import UpstreamRuntime
+from airgap_proxy.state import AUDIT_KEY, STATE, AppState, TenantProbe
+from airgap_proxy.tenants import TENANT_HEADER, StoredProvider
+from airgap_proxy.upstreams import Probe, UpstreamRuntime, probe_endpoint
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -106,4 +116,69 @@ def _first_model(runtime: UpstreamRuntime) -> str | None:
 
 
 async def llm_status(request: web.Request) -> web.Response:
-    return web.json_response(await status_report(request.app[STATE]))
+    state = request.app[STATE]
+    tenant = status_tenant(request, state)
+    if tenant is None:
+        return web.json_response(await status_report(state))
+    request[AUDIT_KEY].tenant = tenant
+    provider = await state.tenant_provider(tenant)
+    if provider is None:
+        return web.json_response(await status_report(state) | {"tenant": tenant})
+    return web.json_response(await tenant_report(state, provider))
+
+
+def status_tenant(request: web.Request, state: AppState) -> str | None:
+    """Whose view is asked for, with the same rules as proxied requests."""
+    query = request.query.get("tenant")
+    header = request.headers.get(TENANT_HEADER)
+    if query is not None and header is not None and query.strip() != header.strip():
+        raise InvalidRequest(f"?tenant= and {TENANT_HEADER} name different tenants", param="tenant")
+    requested = (query if query is not None else header or "").strip() or None
+    authorization = request.headers.get("Authorization")
+    clients = state.config.clients
+    if not clients or (requested is None and authorization is None):
+        return tenants.check_tenant_id(requested) if requested is not None else None
+    token = tenants.bearer_token(authorization)
+    admin = state.config.admin.token
+    if token is not None and admin is not None and hmac.compare_digest(token.encode(), admin.encode()):
+        return tenants.check_tenant_id(requested) if requested is not None else None
+    return tenants.identify(authorization, requested, clients).tenant
+
+
+async def tenant_report(state: AppState, provider: StoredProvider) -> dict[str, Any]:
+    """A tenant's own provider, in the shape of the default report's four fields and more."""
+    config = state.config
+    decision = tenants.request_time_decision(provider, config.rules)
+    permitted = decision.is_local or (decision.verdict is not policy.Verdict.INVALID and not config.airgapped)
+    probe = await _tenant_probe(state, provider) if permitted else None
+    return {
+        "provider_type": provider.provider_type.value,
+        "model": provider.model,
+        "reachable": probe is not None and probe.probe.ok,
+        "airgap_compliant": decision.is_local,
+        "tenant": provider.tenant,
+        "upstream": tenants.upstream_name(provider.tenant),
+        "airgapped": config.airgapped,
+        "base_url": provider.base_url,
+        "verdict": decision.verdict.value,
+        "reason": decision.reason,
+        "permitted": permitted,
+        "api_key_set": provider.sealed_key is not None,
+        "last_check": _iso(probe.wall) if probe is not None else None,
+        "last_error": probe.probe.error if probe is not None else None,
+    }
+
+
+async def _tenant_probe(state: AppState, provider: StoredProvider) -> TenantProbe:
+    cached = state.tenant_probes.get(provider.tenant)
+    now = time.monotonic()
+    if cached is not None and cached.base_url == provider.base_url and now - cached.at < state.config.health.interval_s:
+        return cached
+    try:
+        api_key = tenants.open_api_key(provider, state.keyring)
+    except crypto.SealError as exc:
+        return TenantProbe(now, time.time(), provider.base_url, Probe(False, f"the API key cannot be decrypted: {exc}"))
+    probe = await probe_endpoint(state.egress, provider.upstream(api_key), state.config.health.timeout_s)
+    result = TenantProbe(time.monotonic(), time.time(), provider.base_url, probe)
+    state.tenant_probes[provider.tenant] = result
+    return result

@@ -79,17 +79,18 @@ def _stretch_seconds(stem: str, zone: str, lo: int, hi: int | None) -> str | Non
 
 
 def gen_email(seed: Seed, lo: int, hi: int | None) -> str | None:
-    local = f"{_word(seed, 'user')}.{_word(seed, 'name')}"
-    domain = "example.com"
-    short = lo - len(local) - 1 - len(domain)
-    if short > 0:
-        local += _filler(seed, min(short, 64 - len(local)))
-        short = lo - len(local) - 1 - len(domain)
-        if short > 0:
-            domain = _padded_host(seed, domain, short)
-    if hi is not None and len(local) + 1 + len(domain) > hi:
-        local = local[: max(1, hi - 1 - len("x.io"))]
-        domain = "x.io"
+    base = f"{_word(seed, 'user')}.{_word(seed, 'name')}"
+    length = _target(len(base) + 12, lo, hi, 3, 64 + 1 + 253)
+    if length is None:
+        return None
+    domain = "example.com" if length >= 14 else "x.io" if length >= 6 else "x"
+    local_length = length - 1 - len(domain)
+    if local_length > 64:
+        domain = _padded_host(seed, domain, local_length - 64)
+        local_length = 64
+    local = (base + _filler(seed, 64))[:local_length]
+    if local.endswith("."):
+        local = local[:-1] + "x"
     return _fixed(f"{local}@{domain}", lo, hi)
 
 
@@ -110,11 +111,23 @@ def _padded_host(seed: Seed, host: str, extra: int) -> str:
 
 def gen_hostname(seed: Seed, lo: int, hi: int | None) -> str | None:
     host = f"{_word(seed, 'host')}-{seed.child('n').below(100)}.example.com"
-    if len(host) < lo:
-        host = _padded_host(seed, host, lo - len(host))
-    if hi is not None and len(host) > hi:
-        host = (_word(seed, "host") + "-" + _filler(seed, 63))[: max(1, hi)].rstrip("-")
-    return host if lo <= len(host) <= 253 and (hi is None or len(host) <= hi) and check_hostname(host) else None
+    length = _target(len(host), lo, hi, 1, 253)
+    if length is None:
+        return None
+    if length > len(host):
+        host = _padded_host(seed, host, length - len(host))
+    elif length < len(host):
+        labels: list[str] = []
+        left = length
+        while left > 0:
+            size = min(63, left)
+            labels.append((_word(seed, "host") + _filler(seed.child(len(labels)), 63))[:size])
+            left -= size + 1
+        if left == 0:  # the last dot needs a character after it
+            labels[-1] = labels[-1][:-1] if len(labels[-1]) > 1 else labels[-1]
+            labels.append("a")
+        host = ".".join(labels)
+    return host if len(host) == length and check_hostname(host) else None
 
 
 def gen_uri(seed: Seed, lo: int, hi: int | None) -> str | None:
@@ -122,8 +135,8 @@ def gen_uri(seed: Seed, lo: int, hi: int | None) -> str | None:
     if len(uri) < lo:
         uri += "/" + _filler(seed, lo - len(uri) - 1) if lo - len(uri) > 1 else "x"
     if hi is not None and len(uri) > hi:
-        uri = ("urn:" + _filler(seed, 64))[:hi]
-    return uri if len(uri) >= 5 and check_uri(uri) and _fixed(uri, lo, hi) else None
+        uri = ("urn:" + _filler(seed, 64))[:hi] if hi >= 5 else "x:" + "x" * (hi - 2)
+    return uri if check_uri(uri) and _fixed(uri, lo, hi) else None
 
 
 def gen_uri_reference(seed: Seed, lo: int, hi: int | None) -> str | None:
@@ -141,30 +154,72 @@ def gen_uuid(seed: Seed, lo: int, hi: int | None) -> str | None:
     return _fixed(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}", lo, hi)
 
 
+def _target(natural: int, lo: int, hi: int | None, shortest: int, longest: int | None) -> int | None:
+    """The length to aim for: ``natural`` moved into ``lo..hi`` and the format's own range."""
+    low = max(lo, shortest)
+    high = min(x for x in (hi, longest, 1 << 30) if x is not None)
+    return min(max(natural, low), high) if low <= high else None
+
+
+def _widths(total: int, parts: int, widest: int) -> list[int]:
+    """``parts`` widths of 1..``widest`` that add up to ``total`` (which must be feasible)."""
+    widths = [1] * parts
+    extra = total - parts
+    for i in range(parts):
+        grow = min(widest - 1, extra)
+        widths[i] += grow
+        extra -= grow
+    return widths
+
+
 def gen_ipv4(seed: Seed, lo: int, hi: int | None) -> str | None:
-    # TEST-NET-3 (RFC 5737): documentation addresses, never routed.
-    last = 1 + seed.child("ip").below(254)
-    text = f"203.0.113.{last}"
-    if len(text) < lo <= 15:
-        text = f"203.0.113.{100 + last % 155}"
-    return _fixed(text, lo, hi)
+    """An address of the wanted length (7 to 15 characters), 203.0.113.x when that fits."""
+    length = _target(12, lo, hi, 7, 15)
+    if length is None:
+        return None
+    digest = seed.child("ip").digest
+    if length in (11, 12, 13):
+        last = (1, 10, 100)[length - 11] + digest[0] % (9, 90, 155)[length - 11]
+        return f"203.0.113.{last}"  # TEST-NET-3 (RFC 5737): documentation addresses
+    octets = []
+    for i, width in enumerate(_widths(length - 3, 4, 3)):
+        low = (1, 10, 100)[width - 1]
+        octets.append(str(low + digest[i] % (9, 90, 156)[width - 1]))
+    return ".".join(octets)
 
 
 def gen_ipv6(seed: Seed, lo: int, hi: int | None) -> str | None:
-    # 2001:db8::/32 (RFC 3849): documentation addresses.
+    """An address of the wanted length (2 to 39 characters), in 2001:db8::/32 when that fits."""
+    length = _target(14, lo, hi, 2, 39)
+    if length is None:
+        return None
     h = seed.child("ip6").digest.hex()
-    full = "2001:db8:" + ":".join(h[i : i + 4] for i in range(0, 24, 4))
-    for text in (f"2001:db8::{h[:4].lstrip('0') or '1'}", full):
-        if _fixed(text, lo, hi):
-            return text
-    return None
+    if length >= 15:  # eight groups, no compression
+        widths = _widths(length - 7, 8, 4)
+        groups = ["2001", "db8"] if widths[0] == 4 and widths[1] == 3 else []
+        at = 0
+        for width in widths[len(groups) :]:
+            groups.append(h[at : at + width].lstrip("0").rjust(width, "1"))
+            at += width
+        return ":".join(groups)
+    if length >= 11:  # 2001:db8::x
+        return "2001:db8::" + h[: length - 10].lstrip("0").rjust(length - 10, "1")
+    if length >= 7:  # x::y
+        a, c = _widths(length - 2, 2, 4)
+        return f"{h[:a]}::{h[a : a + c]}"
+    if length >= 3:
+        return "::" + h[: length - 2].lstrip("0").rjust(length - 2, "1")
+    return "::"
 
 
 def gen_duration(seed: Seed, lo: int, hi: int | None) -> str | None:
-    text = f"P{1 + seed.child('d').below(30)}DT{seed.child('h').below(24)}H"
-    if len(text) < lo:
-        text = f"P{1 + seed.child('d').below(30)}DT{seed.child('h').below(24)}H{'1'.rjust(lo - len(text) - 1, '0')}M"
-    return _fixed(text, lo, hi)
+    natural = f"P{1 + seed.child('d').below(30)}DT{seed.child('h').below(24)}H"
+    length = _target(len(natural), lo, hi, 3, None if hi is None else max(hi, 3))
+    if length is None:
+        return None
+    if length == len(natural):
+        return natural
+    return f"P{str(1 + seed.child('d').below(9)).rjust(length - 2, '0')}D"
 
 
 def gen_json_pointer(seed: Seed, lo: int, hi: int | None) -> str | None:
@@ -178,6 +233,8 @@ def gen_regex(seed: Seed, lo: int, hi: int | None) -> str | None:
     text = f"^{_word(seed, 're')}[0-9]*$"
     if len(text) < lo:
         text = text[:-1] + "x" * (lo - len(text)) + "$"
+    elif hi is not None and len(text) > hi:
+        text = "x" * max(lo, 0) if lo <= hi else text
     return _fixed(text, lo, hi)
 
 

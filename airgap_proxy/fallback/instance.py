@@ -55,7 +55,7 @@ MAX_ITEMS = 1_000
 MAX_PROPERTIES = 1_000
 MAX_STRING = 100_000
 ATTEMPTS = 3  # seeds tried per node
-MAX_ALTERNATIVES = 24  # anyOf/oneOf/if combinations tried per node
+MAX_ALTERNATIVES = 48  # anyOf/oneOf/if combinations tried per node
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima")
 _RICH = ("object", "array", "string", "number", "integer", "boolean", "null")
 _SIMPLE = ("null", "boolean", "integer", "number", "string", "array", "object")
@@ -270,11 +270,19 @@ class _Generator:
                     raise SchemaError(f"{keyword} must be a non-empty array", pointer)
                 f.choices.append((keyword, branches, pointer))
         if "not" in schema:
-            if schema["not"] is True or schema["not"] == {}:
-                raise SchemaError("`not: {}` excludes every value", pointer)
-            f.nots.append(schema["not"])
+            self.exclude(f, schema["not"], f"{pointer}/not", active)
         if "if" in schema:
             f.choices.append(("if", [schema["if"], schema.get("then", True), schema.get("else", True)], pointer))
+
+    def exclude(self, f: _Facts, schema: object, pointer: str, active: tuple[str, ...]) -> None:
+        """Fold "not ``schema``" into ``f``: as positive constraints where :func:`_negation` can, else kept aside."""
+        if schema is True or schema == {}:
+            raise SchemaError("`not: {}` excludes every value", pointer)
+        negation = _negation(schema)
+        if negation is None:
+            f.nots.append(schema)  # checked on candidates; a pure type schema also narrows the types
+        else:
+            self.collect(f, negation, pointer, active)
 
     def collect_type(self, f: _Facts, schema: dict[str, Any], pointer: str) -> None:
         if "type" not in schema:
@@ -410,7 +418,7 @@ class _Generator:
                         self.collect(f, condition, f"{pointer}/if", tuple(f.refs))
                         self.collect(f, then, f"{pointer}/then", tuple(f.refs))
                     else:
-                        f.nots.append(condition)
+                        self.exclude(f, condition, f"{pointer}/if", tuple(f.refs))
                         self.collect(f, otherwise, f"{pointer}/else", tuple(f.refs))
                 except _Exhausted:
                     raise
@@ -419,19 +427,27 @@ class _Generator:
                     continue
                 yield from self.alternatives(f, seed, minimal, errors)
             return
-        for i in self.branch_order(branches, seed.child(pointer + kind), minimal):
-            f = base.clone()
-            f.choices = rest.copy()
-            try:
-                self.collect(f, branches[i], f"{pointer}/{kind}/{i}", tuple(f.refs))
-            except _Exhausted:
-                raise
-            except SchemaError as exc:
-                errors.append(exc)
-                continue
-            if kind == "oneOf":
-                f.nots.extend(b for j, b in enumerate(branches) if j != i)
-            yield from self.alternatives(f, seed, minimal, errors)
+        order = self.branch_order(branches, seed.child(pointer + kind), minimal)
+        # oneOf: first leave the other branches to the final check (cheap, usually enough), then
+        # fold their negations in as constraints (finds values that only a narrow corner allows).
+        modes = ("check", "negate") if kind == "oneOf" else ("",)
+        for mode in modes:
+            for i in order:
+                f = base.clone()
+                f.choices = rest.copy()
+                try:
+                    self.collect(f, branches[i], f"{pointer}/{kind}/{i}", tuple(f.refs))
+                    for j, other in enumerate(branches):
+                        if j != i and mode == "check":
+                            f.nots.append(other)
+                        elif j != i and mode == "negate":
+                            self.exclude(f, other, f"{pointer}/oneOf/{j}", tuple(f.refs))
+                except _Exhausted:
+                    raise
+                except SchemaError as exc:
+                    errors.append(exc)
+                    continue
+                yield from self.alternatives(f, seed, minimal, errors)
 
     def branch_order(self, branches: list[object], seed: Seed, minimal: bool) -> list[int]:
         """Seed-rotated; null-only branches last; when minimal, simple and non-recursive first."""
@@ -488,6 +504,34 @@ class _Generator:
                     errors.append(exc)
             if too_deep:
                 return
+        yield from self.edge_values(f, types)
+
+    def edge_values(self, f: _Facts, types: list[str]) -> Iterator[Any]:
+        """Last resorts for scalars: small and boundary values that the facts allow.
+
+        They rescue constraints that only the final check sees, such as a
+        ``oneOf`` inside a ``not`` that small integers happen to satisfy.
+        """
+        if "boolean" in types:
+            yield from (False, True)
+        if "integer" in types or "number" in types:
+            edges: list[int | float] = [0, 1, -1, 2, -2, 3, 10, -10, 100, -100]
+            for bound, step in ((f.lo, 1), (f.hi, -1)):
+                if bound is not None:
+                    edges += [
+                        math.ceil(bound) if step > 0 else math.floor(bound),
+                        int(bound) + step,
+                        int(bound) + 2 * step,
+                    ]
+            if "number" in types:
+                edges += [0.5, -0.5, 1.5]
+            for value in edges:
+                if self.in_bounds(f, value) and all(is_multiple(value, m) for m in f.multiples):
+                    yield value
+        if "string" in types:
+            for text in ("", "a", "0", "ab", "abc", " "):
+                if self.string_fits(f, text):
+                    yield text
 
     def listed(self, f: _Facts, seed: Seed, minimal: bool) -> Iterator[Any]:
         pool = f.consts[:1] if f.consts else f.enums[0]
@@ -660,7 +704,12 @@ class _Generator:
             raise SchemaError(f"minLength {lo} is over the fallback's limit of {MAX_STRING}", pointer)
         known = [name for name in f.formats if name in formats.GENERATORS]
         if known:
-            return self.formatted(f, known[0], pointer, seed)
+            try:
+                return self.formatted(f, known[0], pointer, seed)
+            except SchemaError:
+                if not f.patterns:
+                    raise
+                return self.patterned(f, pointer, seed)  # a pattern sample may happen to be in the format
         if f.patterns:
             return self.patterned(f, pointer, seed)
         count = 1 if minimal else 1 + seed.child("words").below(2)
@@ -700,6 +749,8 @@ class _Generator:
                 if sample is not None:
                     samples.append(sample)
             candidates = [*samples, "".join(samples), "".join(reversed(samples))] if len(samples) > 1 else samples
+            if len(samples) > 1:  # patterns searched, not anchored, may take padding at either end
+                candidates += [pad for c in candidates if len(c) < f.min_len for pad in _padded(c, f.min_len)]
             for text in candidates:
                 if self.string_fits(f, text):
                     return text
@@ -712,6 +763,12 @@ class _Generator:
     # --------------------------------------------------------------- arrays
 
     def array(self, f: _Facts, pointer: str, depth: int, seed: Seed, minimal: bool) -> list[Any]:
+        """Items by position (prefix and rest rules), with ``contains`` matches placed where they fit.
+
+        Each ``contains`` needs ``minContains`` matching items: they are placed
+        on their own items when the length allows, else stacked on the same
+        ones; a match that does not fit an item's position moves to the next.
+        """
         lo, hi = f.min_items, f.max_items
         closed_at: int | None = None
         for rule in f.arrays:
@@ -723,47 +780,78 @@ class _Generator:
             hi = closed_at
         if hi is not None and lo > hi:
             raise SchemaError(f"minItems {lo} is greater than maxItems {hi}", pointer)
-        needed = sum(low for _, low, _ in f.contains)
-        if hi is not None and needed > hi:
-            raise SchemaError(f"contains needs {needed} matching items but at most {hi} are allowed", pointer)
-        if max(lo, needed) > MAX_ITEMS:
-            raise SchemaError(f"minItems {max(lo, needed)} is over the fallback's limit of {MAX_ITEMS}", pointer)
+        disjoint: list[object] = [c for c, low, _ in f.contains for _ in range(low)]
+        most = max((low for _, low, _ in f.contains), default=0)
+        stacked: list[object] = [{"allOf": [c for c, low, _ in f.contains if low > k]} for k in range(most)]
+        if hi is not None and most > hi:
+            raise SchemaError(f"contains needs {most} matching items but at most {hi} are allowed", pointer)
+        if max(lo, most) > MAX_ITEMS:
+            raise SchemaError(f"minItems {max(lo, most)} is over the fallback's limit of {MAX_ITEMS}", pointer)
         longest_prefix = max((len(r.prefix) for r in f.arrays), default=0)
-        natural = lo if minimal else max(lo, min(longest_prefix, MAX_ITEMS), 1 + seed.child("n").below(3))
-        count = max(natural, needed)
+        count = lo if minimal else max(lo, min(longest_prefix, MAX_ITEMS), 1 + seed.child("n").below(3))
         if hi is not None:
             count = min(count, hi)
-        required_count = max(lo, needed)
-        owners = [c for c, low, _ in f.contains for _ in range(low)]
+        layouts = [disjoint, stacked] if len(f.contains) > 1 and (hi is None or len(disjoint) <= hi) else [stacked]
+        for layout in layouts[:-1]:
+            try:
+                return self.items(f, layout.copy(), pointer, depth, seed, count=count, hi=hi)
+            except _Exhausted:
+                raise
+            except SchemaError:
+                continue
+        return self.items(f, layouts[-1].copy(), pointer, depth, seed, count=count, hi=hi)
+
+    def items(
+        self, f: _Facts, pending: list[object], pointer: str, depth: int, seed: Seed, *, count: int, hi: int | None
+    ) -> list[Any]:
+        """``count`` items or more, until every ``pending`` contains match is placed."""
+        lo = f.min_items
         result: list[Any] = []
-        seen: set[object] = set()
-        for i in range(count):
+        seen: set[object] | None = set() if f.unique else None
+        i = 0
+        while (i < count or pending) and (hi is None or i < hi) and i < MAX_ITEMS:
             schemas: list[tuple[object, str]] = []
             for rule in f.arrays:
                 if i < len(rule.prefix):
                     schemas.append((rule.prefix[i], f"{rule.pointer}/prefixItems/{i}"))
                 elif rule.rest is not None:
                     schemas.append((rule.rest, f"{rule.pointer}/items"))
-            if i < len(owners):
-                schemas.append((owners[i], f"{pointer}/contains"))
-            item_schema, item_pointer = _combine(schemas, f"{pointer}/items")
-            try:
-                value = self.unique_item(
-                    item_schema, item_pointer, depth, seed.child(i), seen=seen if f.unique else None
-                )
-            except _Exhausted:
-                raise
-            except SchemaError:
-                if i < required_count:
-                    raise
-                break
+            value = _MISSING
+            if pending:
+                matching = _combine([*schemas, (pending[0], f"{pointer}/contains")], f"{pointer}/items")
+                value = self.item(matching, depth, seed.child(i), seen)
+                if value is not _MISSING:
+                    pending.pop(0)
             if value is _MISSING:
-                if i < required_count:
-                    raise SchemaError(f"uniqueItems: cannot make {required_count} distinct items", pointer)
-                break
-            seen.add(canon(value))
+                plain, plain_pointer = _combine(schemas, f"{pointer}/items")
+                try:
+                    value = self.unique_item(plain, plain_pointer, depth, seed.child(i), seen=seen)
+                except _Exhausted:
+                    raise
+                except SchemaError:
+                    if i < lo:
+                        raise
+                    break
+                if value is _MISSING:
+                    if i < lo:
+                        raise SchemaError(f"uniqueItems: cannot make {lo} distinct items", pointer)
+                    break
+            if seen is not None:
+                seen.add(canon(value))
             result.append(value)
+            i += 1
+        if pending:
+            raise SchemaError("contains: no room for the items it needs next to the other array rules", pointer)
         return result
+
+    def item(self, schema: tuple[object, str], depth: int, seed: Seed, seen: set[object] | None) -> Any:
+        """``unique_item`` for a ``contains`` placement: ``_MISSING`` instead of an error."""
+        try:
+            return self.unique_item(schema[0], schema[1], depth, seed, seen=seen)
+        except _Exhausted:
+            raise
+        except SchemaError:
+            return _MISSING
 
     def unique_item(self, schema: object, pointer: str, depth: int, seed: Seed, *, seen: set[object] | None) -> Any:
         """A generated item; with ``seen`` (``uniqueItems``), one not seen yet, else ``_MISSING``."""
@@ -906,6 +994,77 @@ class _Generator:
 
 
 _MISSING: Any = object()
+_NOT_NUMERIC = {
+    "minimum": "exclusiveMaximum",
+    "maximum": "exclusiveMinimum",
+    "exclusiveMinimum": "maximum",
+    "exclusiveMaximum": "minimum",
+}
+_NOT_COUNT = {
+    "minLength": ("string", "maxLength", -1),
+    "maxLength": ("string", "minLength", 1),
+    "minItems": ("array", "maxItems", -1),
+    "maxItems": ("array", "minItems", 1),
+    "minProperties": ("object", "maxProperties", -1),
+    "maxProperties": ("object", "minProperties", 1),
+}
+_WITHOUT_ASSERTION = frozenset(
+    {"$schema", "$id", "$anchor", "$comment", "$defs", "definitions", "title", "description", "default", "examples"}
+    | {"readOnly", "writeOnly", "deprecated", "contentMediaType", "contentEncoding", "then", "else"}
+)
+
+
+def _negation(schema: object) -> object | None:
+    """A schema for "not ``schema``" made of positive keywords, or ``None`` when there is none.
+
+    ``schema`` holds when all of its keywords do, so its negation is the
+    ``anyOf`` of each keyword's negation (De Morgan), each scoped to the type
+    the keyword applies to: not ``minimum: 3`` is ``{"type": "number",
+    "exclusiveMaximum": 3}``. Keywords with no positive negation (``pattern``,
+    ``enum``, ``multipleOf``...) stay ``{"not": {keyword: value}}``, checked on
+    candidates. A pure ``type`` schema returns ``None``: the type exclusion
+    handles it. Generation then sees alternatives instead of a filter.
+    """
+    if schema is False:
+        return True
+    if not isinstance(schema, dict) or "$ref" in schema:
+        return None
+    keywords = {k: v for k, v in schema.items() if k not in _WITHOUT_ASSERTION}
+    if not keywords:
+        return False
+    if set(keywords) == {"type"}:
+        return None
+    if isinstance(keywords.get("exclusiveMinimum"), bool) or isinstance(keywords.get("exclusiveMaximum"), bool):
+        return None  # draft 4 pairs: keep them whole
+    parts: list[object] = []
+    for key, value in keywords.items():
+        if key == "not":
+            parts.append(value)
+        elif key == "allOf" and isinstance(value, list):
+            parts.extend({"not": sub} for sub in value)
+        elif key == "anyOf" and isinstance(value, list):
+            parts.append({"allOf": [{"not": sub} for sub in value]})
+        elif key in _NOT_NUMERIC and is_number(value):
+            parts.append({"type": "number", _NOT_NUMERIC[key]: value})
+        elif key in _NOT_COUNT and is_integer(value):
+            kind, opposite, shift = _NOT_COUNT[key]
+            if value + shift >= 0:
+                parts.append({"type": kind, opposite: int(value) + shift})
+        elif key == "required" and isinstance(value, list):
+            parts.extend({"type": "object", "properties": {k: False}} for k in value if isinstance(k, str))
+        elif key == "properties" and isinstance(value, dict):
+            parts.extend({"type": "object", "required": [k], "properties": {k: {"not": v}}} for k, v in value.items())
+        elif key == "if":
+            parts.append(
+                {"if": value, "then": {"not": schema.get("then", True)}, "else": {"not": schema.get("else", True)}}
+            )
+        elif len(keywords) == 1:
+            return None  # a lone keyword with no positive negation: nothing gained
+        else:
+            parts.append({"not": {key: value}})
+    if not parts:
+        return False  # every keyword was vacuous (``minLength: 0``, ``required: []``)
+    return parts[0] if len(parts) == 1 else {"anyOf": parts}
 
 
 def _listed_in(value: Any, pool: list[Any]) -> bool:
@@ -921,6 +1080,11 @@ def _combine(schemas: list[tuple[object, str]], pointer: str) -> tuple[object, s
     if len(schemas) == 1:
         return schemas[0]
     return {"allOf": [s for s, _ in schemas]}, schemas[0][1]
+
+
+def _padded(text: str, length: int) -> list[str]:
+    filler = "x" * (length - len(text))
+    return [text + filler, filler + text]
 
 
 def _length_text(lo: int, hi: int | None) -> str:

@@ -39,6 +39,8 @@ class Audit:
     error: str | None = None
     bytes_out: int = 0
     stripped: list[str] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
     def fields(self, duration_ms: float) -> dict[str, Any]:
         return {
@@ -58,5 +60,7 @@ class Audit:
             "error": self.error,
             "bytes_out": self.bytes_out,
             "stripped_fields": self.stripped or None,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
             "duration_ms": round(duration_ms, 3),
         }

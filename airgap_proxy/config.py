@@ -456,8 +456,11 @@ def _parse_listen(section: _Section, env: Mapping[str, str]) -> Listen:
     section.finish()
     if env.get(ENV_HOST, "").strip():
         host = env[ENV_HOST].strip()
-    if env.get(ENV_PORT, "").strip():
-        port = _parse_port(ENV_PORT, env[ENV_PORT])
+    env_port = env.get(ENV_PORT, "").strip()
+    # A Kubernetes Service named "airgap-proxy" injects AIRGAP_PROXY_PORT=tcp://IP:PORT
+    # into every pod of its namespace (service links); that value is not ours.
+    if env_port and not env_port.startswith("tcp://"):
+        port = _parse_port(ENV_PORT, env_port)
     return Listen(host=host, port=port)
 
 

@@ -11,7 +11,7 @@ import json
 
 from aiohttp import web
 
-from airgap_proxy import fallback
+from airgap_proxy import fallback, usage
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.config import FallbackMode
 from airgap_proxy.errors import NoHealthyUpstream
@@ -76,6 +76,7 @@ async def respond(
 def _json(body: bytes, audit: Audit) -> web.Response:
     audit.status = 200
     audit.bytes_out = len(body)
+    audit.prompt_tokens, audit.completion_tokens = usage.tokens(body[-usage.TAIL_BYTES :])
     return web.Response(
         body=body,
         content_type="application/json",
@@ -98,6 +99,8 @@ async def _stream(request: web.Request, events: list[bytes], audit: Audit) -> we
     for event in events:
         audit.bytes_out += len(event)
         await response.write(event)
+    if len(events) > 1:
+        audit.prompt_tokens, audit.completion_tokens = usage.tokens(events[-2][-usage.TAIL_BYTES :])
     await response.write_eof()
     return response
 

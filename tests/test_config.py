@@ -1003,3 +1003,8 @@ def test_allow_hosts_takes_only_leading_wildcards(pattern: str) -> None:
 def test_deny_hosts_may_use_inner_wildcards() -> None:
     config = parse_config({"policy": {"deny_hosts": ["llm.*.example.com"]}}, {}, no_files)
     assert any(p.pattern == "llm.*.example.com" for p in config.rules.deny_hosts)
+
+
+def test_kubernetes_service_link_port_is_not_ours() -> None:
+    config = parse_config({"listen": {"port": 9000}}, {"AIRGAP_PROXY_PORT": "tcp://10.96.0.12:8080"}, no_files)
+    assert config.listen.port == 9000

@@ -535,7 +535,8 @@ def test_security_doc_covers_every_bypass_class_with_real_tests() -> None:
     files = {ref.split("::")[0] for ref in refs}
     assert files >= COVERING_FILES
     collected = collected_node_ids(files)
-    missing = sorted(refs - collected)
+    # A reference without [id] names every case of a parametrised test.
+    missing = sorted(r for r in refs if r not in collected and not any(c.startswith(r + "[") for c in collected))
     assert not missing, f"security.md names tests that do not exist: {missing}"
 
 
@@ -613,6 +614,9 @@ def test_troubleshooting_explains_every_refusal(template: str) -> None:
         "AIRGAP_PROXY_PORT",
         "no_healthy_upstream",
         "model_not_found",
+        "cannot be decrypted",
+        "The admin API is disabled",
+        "unauthorized",
     ],
 )
 def test_troubleshooting_covers_symptom(symptom: str) -> None:

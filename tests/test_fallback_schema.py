@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from airgap_proxy.errors import InvalidRequest
-from airgap_proxy.fallback import EMPTY_CANNED, chat_completion
+from airgap_proxy.fallback import EMPTY_CANNED, chat_completion, formats
 from airgap_proxy.fallback.instance import instance_for
 from airgap_proxy.fallback.schema import SchemaError
 from airgap_proxy.fallback.seed import Seed
@@ -219,6 +219,16 @@ FEATURES = [
     case("format email with minLength", {"type": "string", "format": "email", "minLength": 70}),
     case("format hostname with lengths", {"type": "string", "format": "hostname", "minLength": 90, "maxLength": 95}),
     case("format date-time with minLength", {"type": "string", "format": "date-time", "minLength": 26}),
+    case("format duration", {"type": "string", "format": "duration"}),
+    case("format idn-hostname", {"type": "string", "format": "idn-hostname"}),
+    case("format idn-email", {"type": "string", "format": "idn-email"}),
+    case("format iri", {"type": "string", "format": "iri"}),
+    case("format iri-reference", {"type": "string", "format": "iri-reference"}),
+    case("format relative-json-pointer", {"type": "string", "format": "relative-json-pointer"}),
+    case("format uri-template", {"type": "string", "format": "uri-template"}),
+    case("format ipv4 with maxLength", {"type": "string", "format": "ipv4", "maxLength": 8}),
+    case("format ipv6 with maxLength", {"type": "string", "format": "ipv6", "maxLength": 5}),
+    case("format hostname short", {"type": "string", "format": "hostname", "maxLength": 5}),
     case("unknown format is an annotation", {"type": "string", "format": "x-custom", "minLength": 2}),
     case("format with enum", {"type": "string", "format": "email", "enum": ["nope", "a@b.example"]}),
     # arrays
@@ -510,6 +520,26 @@ def test_recursion_bottoms_out() -> None:
     assert 1 <= depth(instance) <= 6
 
 
+def test_every_format_the_checker_knows_has_a_generator() -> None:
+    assert set(D2020.FORMAT_CHECKER.checkers) <= set(formats.GENERATORS)
+
+
+@pytest.mark.parametrize("name", sorted(formats.GENERATORS))
+def test_format_strings_pass_jsonschema_at_every_length(name: str) -> None:
+    made = 0
+    for lo in range(0, 70, 3):
+        for hi in (None, lo, lo + 4):
+            for seed in SEEDS[:2]:
+                text = formats.generate(name, seed, lo, hi)
+                if text is None:
+                    continue
+                made += 1
+                assert lo <= len(text) and (hi is None or len(text) <= hi)
+                assert D2020.FORMAT_CHECKER.conforms(text, name), text
+                assert formats.conforms(name, text)
+    assert made > 10
+
+
 # --------------------------------------------------------------------------- #
 # Unsatisfiable schemas are refused with a reason, never answered wrongly
 # --------------------------------------------------------------------------- #
@@ -623,6 +653,18 @@ UNSATISFIABLE = [
         {"type": "string", "minLength": 10**9}, "over the fallback's limit", "#", id="minLength over the limit"
     ),
     pytest.param({"type": "decimal"}, "type must be one of", "#", id="unknown type"),
+    pytest.param(
+        {"type": "array", "items": {"type": "string", "minLength": 90_000}, "minItems": 20},
+        "over 1000000 characters of text",
+        "#/items",
+        id="too much text",
+    ),
+    pytest.param(
+        {"type": "array", "items": {"type": "array", "items": {"type": "integer"}, "minItems": 1000}, "minItems": 1000},
+        "too large or too ambiguous",
+        "",
+        id="too many values",
+    ),
     pytest.param(
         {"type": "object", "properties": {"a": {"minimum": "x"}}, "required": ["a"]},
         "minimum must be a number",

@@ -480,3 +480,16 @@ async def test_routing_hints_are_stripped_before_forwarding(
     assert sent["temperature"] == 0.2 and sent["messages"] == CHAT["messages"]
     [audit] = [e for e in logs if e["event"] == "request"]
     assert sorted(audit["stripped_fields"]) == sorted(hints)
+
+
+async def test_audit_event_carries_token_counts(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
+    _fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    with capture_logs() as logs:
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status == 200
+        fallback = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Airgap-Mode": "deterministic"})
+        body = await fallback.json()
+    upstream_audit, fallback_audit = [e for e in logs if e["event"] == "request"]
+    assert (upstream_audit["prompt_tokens"], upstream_audit["completion_tokens"]) == (1, 2)
+    assert fallback_audit["prompt_tokens"] == body["usage"]["prompt_tokens"]
+    assert fallback_audit["completion_tokens"] == body["usage"]["completion_tokens"]

@@ -29,7 +29,7 @@ import json
 import aiohttp
 from aiohttp import web
 
-from airgap_proxy import crypto, fallback_http, policy, routing, tenants
+from airgap_proxy import crypto, fallback_http, policy, routing, tenants, usage
 from airgap_proxy import payload as payload_mod
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.config import UpstreamConfig
@@ -262,9 +262,11 @@ async def _relay(
         response.content_length = upstream.content_length
     audit.status = upstream.status
     await response.prepare(request)
+    tail = b""
     try:
         async for chunk in state.egress.iter_chunks(upstream):
             audit.bytes_out += len(chunk)
+            tail = usage.keep_tail(tail, chunk)
             await response.write(chunk)
     except ProxyError as exc:
         # Bytes were sent: the status cannot change any more. End cleanly.
@@ -282,6 +284,7 @@ async def _relay(
         audit.error = "client disconnected"
         raise
     await response.write_eof()
+    audit.prompt_tokens, audit.completion_tokens = usage.tokens(tail)
     return response
 
 

@@ -24,7 +24,12 @@ differ from each other (canned texts excepted) while the same conversation
 gets the same reply whatever the sampling options, and a reply cut by
 ``max_tokens`` or ``stop`` is a prefix of the uncut one.
 
-Streaming sends, per choice: a role chunk, content chunks of a few words (or
+``usage`` uses :func:`~airgap_proxy.fallback.text.count_tokens`: prompt
+tokens of the message texts joined by newlines, completion tokens of each
+choice's content or call arguments, the same streamed or not.
+
+Streaming sends, per choice: a role chunk (``content: ""``, or ``null`` for a
+call), content chunks of a few words (or
 fixed-size fragments of JSON), tool-call chunks (the first with id, type and
 name and empty arguments, then argument fragments), a finish chunk with an
 empty delta; then a usage chunk (``choices: []``) only if

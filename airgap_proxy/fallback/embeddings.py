@@ -6,8 +6,8 @@ same way and identical texts are identical vectors:
 
 - seed: SHA-256 of the model name and the canonical input (a string, or the
   token ids);
-- components: block ``i`` is ``sha256(seed + i)``, read as eight little-endian
-  uint32 mapped to ``[-1, 1)``; the first ``dimensions`` components are kept,
+- components: block ``i`` (a 4-byte big-endian counter) is ``sha256(seed + i)``,
+  read as eight little-endian int32; the first ``dimensions`` components are kept,
   so a shorter vector is a prefix of a longer one before normalisation (like
   OpenAI's shortened ``text-embedding-3`` vectors);
 - the vector is scaled to L2 norm 1 and rounded to float32, the precision
@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import operator
 import struct
 from typing import Any
 
@@ -36,7 +37,6 @@ DEFAULT_DIMENSIONS = 1536
 MAX_DIMENSIONS = 4096
 MAX_INPUTS = 2048
 _PER_BLOCK = 8  # uint32 per SHA-256 digest
-_SCALE = 2.0 / 4294967296.0
 
 
 def embeddings(data: dict[str, Any], model: str) -> bytes:
@@ -67,11 +67,13 @@ def unit_vector(seed: Seed, dimensions: int) -> list[float]:
     """``dimensions`` float32-exact components with L2 norm 1, derived from ``seed``."""
     blocks = -(-dimensions // _PER_BLOCK)
     raw = b"".join(hashlib.sha256(seed.digest + i.to_bytes(4, "big")).digest() for i in range(blocks))
-    values = [u * _SCALE - 1.0 for u in struct.unpack(f"<{blocks * _PER_BLOCK}I", raw)[:dimensions]]
-    norm = math.sqrt(math.fsum(v * v for v in values))
-    if norm == 0.0:  # only if every component is exactly zero; keep the promise of a unit vector
-        values[0], norm = 1.0, 1.0
-    scaled = [v / norm for v in values]
+    components = struct.unpack(f"<{blocks * _PER_BLOCK}i", raw)[:dimensions]
+    # Exact integer sum of squares, then one correctly rounded sqrt and divisions:
+    # the same bits on every IEEE 754 machine, whatever its libm does.
+    norm = math.sqrt(sum(map(operator.mul, components, components)))
+    if norm == 0.0:  # only if every component is zero; keep the promise of a unit vector
+        return [1.0] + [0.0] * (dimensions - 1)
+    scaled = [c / norm for c in components]
     return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *scaled)))
 
 

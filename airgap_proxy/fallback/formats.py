@@ -28,6 +28,8 @@ _URI_REFERENCE = re.compile(r"[^\s<>\"{}|\\^`]*")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _DURATION = re.compile(r"P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?")
 _JSON_POINTER = re.compile(r"(/([^/~]|~[01])*)*")
+_RELATIVE_JSON_POINTER = re.compile(r"(0|[1-9][0-9]*)(#|(/([^/~]|~[01])*)*)")
+_URI_TEMPLATE = re.compile(r"([^{}\s]|\{[A-Za-z0-9_.,*:%]+\})*")
 
 
 def _word(seed: Seed, label: str) -> str:
@@ -229,6 +231,24 @@ def gen_json_pointer(seed: Seed, lo: int, hi: int | None) -> str | None:
     return _fixed(text, lo, hi)
 
 
+def gen_relative_json_pointer(seed: Seed, lo: int, hi: int | None) -> str | None:
+    text = f"{seed.child('up').below(3)}/{_word(seed, 'ptr')}"
+    if len(text) < lo:
+        text += "/" + _filler(seed, lo - len(text) - 1) if lo - len(text) > 1 else "0"
+    elif hi is not None and len(text) > hi:
+        text = "0/" + "a" * (hi - 2) if hi >= 2 else "0"
+    return _fixed(text, lo, hi)
+
+
+def gen_uri_template(seed: Seed, lo: int, hi: int | None) -> str | None:
+    text = f"https://example.com/{_word(seed, 'path')}/{{id}}"
+    if len(text) < lo:
+        text += "/" + _filler(seed, lo - len(text) - 1) if lo - len(text) > 1 else "x"
+    elif hi is not None and len(text) > hi:
+        text = "{" + "x" * max(1, hi - 2) + "}" if hi >= 3 else "x" * hi
+    return _fixed(text, lo, hi)
+
+
 def gen_regex(seed: Seed, lo: int, hi: int | None) -> str | None:
     text = f"^{_word(seed, 're')}[0-9]*$"
     if len(text) < lo:
@@ -315,6 +335,14 @@ def check_json_pointer(text: str) -> bool:
     return _JSON_POINTER.fullmatch(text) is not None
 
 
+def check_relative_json_pointer(text: str) -> bool:
+    return _RELATIVE_JSON_POINTER.fullmatch(text) is not None
+
+
+def check_uri_template(text: str) -> bool:
+    return _URI_TEMPLATE.fullmatch(text) is not None
+
+
 def check_regex(text: str) -> bool:
     try:
         re.compile(text)
@@ -342,6 +370,8 @@ GENERATORS: dict[str, Generator] = {
     "ipv6": gen_ipv6,
     "duration": gen_duration,
     "json-pointer": gen_json_pointer,
+    "relative-json-pointer": gen_relative_json_pointer,
+    "uri-template": gen_uri_template,
     "regex": gen_regex,
 }
 
@@ -362,6 +392,8 @@ CHECKS: dict[str, Callable[[str], bool]] = {
     "ipv6": check_ipv6,
     "duration": check_duration,
     "json-pointer": check_json_pointer,
+    "relative-json-pointer": check_relative_json_pointer,
+    "uri-template": check_uri_template,
     "regex": check_regex,
 }
 

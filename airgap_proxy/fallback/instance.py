@@ -13,9 +13,13 @@ How a value is made, at each schema node:
 2. *Choose.* ``anyOf``, ``oneOf`` and ``if``/``then``/``else`` are
    alternatives: each branch is folded into a copy of the facts, in an
    order picked by the seed (simplest and non-recursive branches first once
-   the value is deep, so recursive schemas bottom out).
+   the value is deep, so recursive schemas bottom out). ``not`` is pushed
+   inwards (De Morgan, :func:`_negation`) so that it becomes positive
+   alternatives where it can; the other branches of a ``oneOf`` are first
+   left to the check, then excluded the same way.
 3. *Make.* ``const``/``enum`` values are tried in turn; otherwise one value
-   per allowed type is made from the facts, children recursively.
+   per allowed type is made from the facts, children recursively, then a
+   few boundary values as a last resort.
 4. *Check.* Each candidate is validated against the node's schema by
    :class:`~airgap_proxy.fallback.schema.Schema` (this is what enforces
    ``oneOf``'s "exactly one", ``not`` and ``if``); the first valid one wins,
@@ -54,6 +58,7 @@ MAX_STEPS = 20_000  # schema nodes visited per instance
 MAX_ITEMS = 1_000
 MAX_PROPERTIES = 1_000
 MAX_STRING = 100_000
+MAX_TEXT = 1_000_000  # characters of strings per instance
 ATTEMPTS = 3  # seeds tried per node
 MAX_ALTERNATIVES = 48  # anyOf/oneOf/if combinations tried per node
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima")
@@ -191,6 +196,7 @@ class _Generator:
     def __init__(self, root: object):
         self.schema = Schema(root)
         self.steps = 0
+        self.text = 0
         self.ref_stack: list[set[str]] = []
 
     # --------------------------------------------------------------- driver
@@ -586,7 +592,11 @@ class _Generator:
         if t == "number":
             return self.number(f, pointer, seed, minimal)
         if t == "string":
-            return self.string(f, pointer, seed, minimal)
+            text = self.string(f, pointer, seed, minimal)
+            self.text += len(text)
+            if self.text > MAX_TEXT:
+                raise _Exhausted(f"the instance would hold over {MAX_TEXT} characters of text", pointer)
+            return text
         if t == "array":
             return self.array(f, pointer, depth, seed, minimal)
         return self.object(f, pointer, depth, seed, minimal)

@@ -41,6 +41,10 @@ class Audit:
     stripped: list[str] | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # For the metrics, not the log: seconds from sending to the upstream until
+    # its first body byte, and until its last.
+    upstream_first_byte_s: float | None = None
+    upstream_total_s: float | None = None
 
     def fields(self, duration_ms: float) -> dict[str, Any]:
         return {

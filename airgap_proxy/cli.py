@@ -85,9 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Serve; a reload (SIGHUP, admin API) re-reads the same file with the environment captured now."""
     config = load_config(args.config, env)
     try:
-        return run(config, host=args.host, port=args.port)
+        return run(config, host=args.host, port=args.port, loader=lambda: load_config(args.config, env))
     except StoreError as exc:
         print(f"airgap-proxy: {exc}", file=sys.stderr)
         return EXIT_NOT_LOCAL

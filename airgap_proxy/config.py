@@ -118,6 +118,7 @@ class UpstreamConfig:
     models: tuple[str, ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()
     priority: int = 0
+    max_in_flight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -163,12 +164,16 @@ class AdminConfig:
 @dataclass(frozen=True)
 class LimitsConfig:
     max_body_bytes: int = 10 * 1024 * 1024
+    max_in_flight: int = 1024
 
 
 @dataclass(frozen=True)
 class TimeoutsConfig:
     connect_s: float = 5.0
     upstream_s: float = 300.0
+    client_header_s: float = 75.0
+    client_body_s: float = 60.0
+    shutdown_grace_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,7 @@ class Config:
                     "models": list(u.models),
                     "aliases": dict(u.aliases),
                     "priority": u.priority,
+                    "max_in_flight": u.max_in_flight,
                 }
                 for u in self.upstreams
             ],
@@ -238,8 +244,14 @@ class Config:
             "admin": {"enabled": self.admin.token is not None, "token": REDACTED if self.admin.token else None},
             "secret_key": REDACTED if self.secret_key else None,
             "previous_secret_keys": [REDACTED for _ in self.previous_secret_keys],
-            "limits": {"max_body_bytes": self.limits.max_body_bytes},
-            "timeouts": {"connect_s": self.timeouts.connect_s, "upstream_s": self.timeouts.upstream_s},
+            "limits": {"max_body_bytes": self.limits.max_body_bytes, "max_in_flight": self.limits.max_in_flight},
+            "timeouts": {
+                "connect_s": self.timeouts.connect_s,
+                "upstream_s": self.timeouts.upstream_s,
+                "client_header_s": self.timeouts.client_header_s,
+                "client_body_s": self.timeouts.client_body_s,
+                "shutdown_grace_s": self.timeouts.shutdown_grace_s,
+            },
             "logging": {"format": self.logging.format.value, "level": self.logging.level},
         }
 
@@ -331,11 +343,7 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
     tenants, secret, previous_secrets = _parse_tenants(root.section("tenants"), env, read_file)
     clients = _parse_clients(root)
     admin = _parse_admin(root.section("admin"), env, read_file)
-    limits_section = root.section("limits")
-    max_body = limits_section.get("max_body_bytes", int, LimitsConfig.max_body_bytes)
-    if not 1024 <= max_body <= 1 << 30:
-        raise ConfigError("limits.max_body_bytes", "must be between 1024 and 1073741824")
-    limits_section.finish()
+    limits = _parse_limits(root.section("limits"))
     timeouts = _parse_timeouts(root.section("timeouts"))
     logging_config = _parse_logging(root.section("logging"))
     root.finish()
@@ -349,7 +357,7 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
         fallback=fallback_config,
         tenants=tenants,
         admin=admin,
-        limits=LimitsConfig(max_body_bytes=max_body),
+        limits=limits,
         timeouts=timeouts,
         logging=logging_config,
         secret_key=secret,
@@ -601,6 +609,9 @@ def _parse_upstream(section: _Section, env: Mapping[str, str]) -> UpstreamConfig
             raise ConfigError(section.key_path("aliases"), "expected a mapping of alias name to model name")
         aliases.append((alias, model))
     priority = section.get("priority", int, 0)
+    max_in_flight = section.get("max_in_flight", int, None)
+    if max_in_flight is not None and max_in_flight < 1:
+        raise ConfigError(section.key_path("max_in_flight"), f"must be at least 1, got {max_in_flight}")
     section.finish()
     return UpstreamConfig(
         name=name,
@@ -613,6 +624,7 @@ def _parse_upstream(section: _Section, env: Mapping[str, str]) -> UpstreamConfig
         models=tuple(models),
         aliases=tuple(aliases),
         priority=priority,
+        max_in_flight=max_in_flight,
     )
 
 
@@ -654,6 +666,7 @@ def _parse_upstreams(root: _Section, env: Mapping[str, str]) -> tuple[UpstreamCo
             models=existing.models if existing else (),
             aliases=existing.aliases if existing else (),
             priority=existing.priority if existing else min((u.priority for u in upstreams), default=0),
+            max_in_flight=existing.max_in_flight if existing else None,
         )
         upstreams = [default] + [u for u in upstreams if u.name != DEFAULT_UPSTREAM_NAME]
     return tuple(upstreams)
@@ -822,10 +835,25 @@ def _parse_clients(root: _Section) -> tuple[ClientConfig, ...]:
     return tuple(clients)
 
 
+def _parse_limits(section: _Section) -> LimitsConfig:
+    max_body = section.get("max_body_bytes", int, LimitsConfig.max_body_bytes)
+    if not 1024 <= max_body <= 1 << 30:
+        raise ConfigError(section.key_path("max_body_bytes"), "must be between 1024 and 1073741824")
+    config = LimitsConfig(
+        max_body_bytes=max_body,
+        max_in_flight=_at_least_one(section, "max_in_flight", LimitsConfig.max_in_flight),
+    )
+    section.finish()
+    return config
+
+
 def _parse_timeouts(section: _Section) -> TimeoutsConfig:
     config = TimeoutsConfig(
         connect_s=_positive(section, "connect_s", TimeoutsConfig.connect_s),
         upstream_s=_positive(section, "upstream_s", TimeoutsConfig.upstream_s),
+        client_header_s=_positive(section, "client_header_s", TimeoutsConfig.client_header_s),
+        client_body_s=_positive(section, "client_body_s", TimeoutsConfig.client_body_s),
+        shutdown_grace_s=_positive(section, "shutdown_grace_s", TimeoutsConfig.shutdown_grace_s),
     )
     section.finish()
     return config

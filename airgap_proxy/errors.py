@@ -1,7 +1,7 @@
 """One shallow error tree; each class knows its HTTP status and OpenAI code.
 
 Errors become HTTP responses in exactly one place,
-:func:`airgap_proxy.middleware.error_middleware`, using :meth:`ProxyError.envelope`.
+:func:`airgap_proxy.middleware.request_middleware`, using :meth:`ProxyError.envelope`.
 """
 
 from __future__ import annotations
@@ -70,6 +70,28 @@ class MethodNotAllowed(ProxyError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(ProxyError):
+    """The client did not send its request body within ``timeouts.client_body_s``."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class InvalidConfig(ProxyError):
+    """A configuration reload was refused; the running configuration stays."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_config"
+
+
+class ExpectationFailed(ProxyError):
+    status = 417
+    type = "invalid_request_error"
+    code = "expectation_failed"
+
+
 class RequestTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"
@@ -88,6 +110,14 @@ class NoHealthyUpstream(ProxyError):
     status = 503
     type = "server_error"
     code = "no_healthy_upstream"
+
+
+class Overloaded(ProxyError):
+    """Too many requests in flight (``limits.max_in_flight`` or an upstream's ``max_in_flight``)."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
 
 
 class UpstreamTimeout(ProxyError):

@@ -17,7 +17,7 @@ from airgap_proxy.config import FallbackMode
 from airgap_proxy.errors import NoHealthyUpstream
 from airgap_proxy.headers import REQUEST_ID_HEADER, UPSTREAM_HEADER
 from airgap_proxy.payload import Payload
-from airgap_proxy.state import AUDIT_KEY, AppState
+from airgap_proxy.state import AUDIT_KEY, Generation
 
 DETERMINISTIC = "deterministic"
 DEFAULT_FALLBACK_MODEL = "airgap-deterministic"
@@ -29,9 +29,9 @@ def can_answer(tail: str, method: str) -> bool:
     return (method, tail) in _ANSWERABLE
 
 
-def enabled_for(state: AppState, tail: str, method: str) -> bool:
+def enabled_for(gen: Generation, tail: str, method: str) -> bool:
     """Would the fallback answer this request (mode ``deterministic``, known endpoint)?"""
-    return state.config.fallback.mode is FallbackMode.DETERMINISTIC and can_answer(tail, method)
+    return gen.config.fallback.mode is FallbackMode.DETERMINISTIC and can_answer(tail, method)
 
 
 def _unavailable(message: str) -> NoHealthyUpstream:
@@ -39,20 +39,23 @@ def _unavailable(message: str) -> NoHealthyUpstream:
 
 
 async def respond(
-    request: web.Request, state: AppState, tail: str, parsed: Payload, model: str | None, *, forced: bool
+    request: web.Request, gen: Generation, tail: str, parsed: Payload, model: str | None, *, forced: bool
 ) -> web.StreamResponse:
     """Answer from the fallback, or raise 503 when it may not or cannot."""
     audit = request[AUDIT_KEY]
-    if not forced and state.config.fallback.mode is FallbackMode.ERROR:
+    if not forced and gen.config.fallback.mode is FallbackMode.ERROR:
         raise _unavailable("no healthy upstream is available and the fallback is disabled (fallback.mode: error)")
     if not can_answer(tail, request.method):
         raise _unavailable(f"no healthy upstream is available for /v1/{tail}")
     if tail == "models":
-        return models_response(state, audit)
+        response = models_response(gen, audit)
+        audit.decision = Action.FALLBACK
+        audit.upstream = DETERMINISTIC
+        return response
     assert parsed.data is not None
     data = parsed.data
     name = model or DEFAULT_FALLBACK_MODEL
-    canned = state.canned
+    canned = gen.canned
     audit.decision = Action.FALLBACK
     audit.upstream = DETERMINISTIC
     audit.model = name
@@ -105,7 +108,7 @@ async def _stream(request: web.Request, events: list[bytes], audit: Audit) -> we
     return response
 
 
-def model_ids(state: AppState) -> list[str]:
+def model_ids(gen: Generation) -> list[str]:
     """Every model name the proxy can answer for: default, configured, discovered, aliases."""
     ids: list[str] = []
 
@@ -113,9 +116,9 @@ def model_ids(state: AppState) -> list[str]:
         if name and "*" not in name and "?" not in name and "[" not in name and name not in ids:
             ids.append(name)
 
-    add(state.config.default_model)
-    for runtime in state.pool.runtimes.values():
-        if not state.pool.permitted(runtime.config.name):
+    add(gen.config.default_model)
+    for runtime in gen.pool.runtimes.values():
+        if not gen.pool.permitted(runtime.config.name):
             continue
         for name in runtime.config.models:
             add(name)
@@ -128,13 +131,13 @@ def model_ids(state: AppState) -> list[str]:
     return ids
 
 
-def models_response(state: AppState, audit: Audit) -> web.Response:
+def models_response(gen: Generation, audit: Audit) -> web.Response:
     """``GET /v1/models``: the union of what the upstreams serve, in OpenAI's shape."""
     audit.decision = Action.NONE
     body = json.dumps(
         {
             "object": "list",
-            "data": [{"id": i, "object": "model", "created": 0, "owned_by": "airgap-proxy"} for i in model_ids(state)],
+            "data": [{"id": i, "object": "model", "created": 0, "owned_by": "airgap-proxy"} for i in model_ids(gen)],
         },
         separators=(",", ":"),
     ).encode()

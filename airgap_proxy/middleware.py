@@ -1,7 +1,15 @@
-"""The one middleware: request id, error translation, the audit event.
+"""The one middleware: request id, limits, error translation, the audit event and metrics.
 
 Our errors become OpenAI-shaped HTTP responses here and nowhere else. A 500
-never shows internals to the client.
+never shows internals to the client. For every request, in order:
+
+1. Take or make the request id; start the audit record.
+2. Pin the current configuration generation for the whole request (a reload
+   never changes a request half way through).
+3. ``/v1`` requests past ``limits.max_in_flight`` are refused at once with
+   503 ``overloaded`` and ``Retry-After`` (never queued).
+4. Run the handler; translate errors; emit the audit event and observe the
+   metrics once, from the audit record.
 """
 
 from __future__ import annotations
@@ -15,20 +23,25 @@ from aiohttp import web
 
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.errors import (
+    ExpectationFailed,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     ProxyError,
+    RequestTimeout,
     RequestTooLarge,
 )
 from airgap_proxy.headers import REQUEST_ID_HEADER, valid_request_id
 from airgap_proxy.logs import AUDIT_EVENT, get_logger
-from airgap_proxy.state import AUDIT_KEY
+from airgap_proxy.metrics import route_label
+from airgap_proxy.state import AUDIT_KEY, GENERATION_KEY, STATE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _log = get_logger("airgap_proxy.audit")
 _UNAUDITED = frozenset({"/healthz", "/readyz", "/metrics"})
+OVERLOAD_RETRY_AFTER_S = "1"
 
 
 def error_response(error: ProxyError, request_id: str) -> web.Response:
@@ -51,13 +64,43 @@ def _from_http_exception(exc: web.HTTPException, path: str) -> ProxyError:
     return InternalError("Internal error")
 
 
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """Answer ``Expect`` for every route (aiohttp runs this before any middleware).
+
+    ``100-continue`` gets its interim response; anything else is 417 in the
+    OpenAI envelope rather than aiohttp's plain text echoing the header back.
+    """
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
+    request_id = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
+    return error_response(ExpectationFailed("Only 'Expect: 100-continue' is supported"), request_id)
+
+
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     request_id = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
     audit = Audit(request_id=request_id, method=request.method, route=request.path)
     request[AUDIT_KEY] = audit
+    state = request.app[STATE]
+    generation = state.generation
+    request[GENERATION_KEY] = generation
+    generation.enter()
+    limited = request.path.startswith("/v1/")
+    admitted = False
     try:
+        if limited:
+            limit = generation.config.limits.max_in_flight
+            if state.in_flight >= limit:
+                raise Overloaded(
+                    f"The proxy is handling {limit} requests (limits.max_in_flight); retry shortly",
+                    headers={"Retry-After": OVERLOAD_RETRY_AFTER_S},
+                )
+            state.in_flight += 1
+            admitted = True
         response = await handler(request)
     except ProxyError as exc:
         response = _fail(audit, exc, request_id)
@@ -73,11 +116,22 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into 500
         _log.error("internal_error", request_id=request_id, exc_type=type(exc).__name__, exc_info=True)
         response = _fail(audit, InternalError(f"Internal error (request id {request_id})"), request_id)
+    finally:
+        if admitted:
+            state.in_flight -= 1
+        generation.leave()
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
     if audit.status == 0:
         audit.status = response.status
     _emit(request, audit, started)
+    if audit.error_code == RequestTimeout.code and request.transport is not None:
+        # Answer, then hang up: waiting for the rest of a slow body (aiohttp
+        # lingers up to 10 s for it) would let a slow client hold the connection.
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        request.transport.close()
     return response
 
 
@@ -93,8 +147,9 @@ def _fail(audit: Audit, error: ProxyError, request_id: str) -> web.Response:
 def _emit(request: web.Request, audit: Audit, started: float) -> None:
     if request.path in _UNAUDITED:
         return
-    duration_ms = (time.perf_counter() - started) * 1000
+    duration_s = time.perf_counter() - started
+    request.app[STATE].metrics.observe(audit, route_label(request), duration_s)
     if audit.status >= 500:
-        _log.warning(AUDIT_EVENT, **audit.fields(duration_ms))
+        _log.warning(AUDIT_EVENT, **audit.fields(duration_s * 1000))
     else:
-        _log.info(AUDIT_EVENT, **audit.fields(duration_ms))
+        _log.info(AUDIT_EVENT, **audit.fields(duration_s * 1000))

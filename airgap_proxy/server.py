@@ -1,17 +1,33 @@
-"""Run the application: event loop, listening socket, graceful shutdown."""
+"""Run the application: event loop, listening socket, signals, graceful shutdown.
+
+- ``SIGTERM``/``SIGINT`` drain: stop listening (new connections are refused),
+  let requests in flight, streams included, finish for up to
+  ``timeouts.shutdown_grace_s``, cancel what is left, close, exit 0.
+- ``SIGHUP`` reloads the configuration (:func:`airgap_proxy.reload.reload_app`);
+  a bad file is logged and the running configuration stays.
+- ``timeouts.client_header_s`` is aiohttp's keep-alive timeout, which (since
+  aiohttp 3.14) also runs from the moment a connection opens: a client that has
+  not sent a complete request head by then is disconnected, whether it is idle
+  or dribbling a header (slowloris).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
+import time
 
 from aiohttp import web
 
-from airgap_proxy import logs
+from airgap_proxy import logs, reload
 from airgap_proxy.app import create_app
-from airgap_proxy.config import Config
+from airgap_proxy.config import Config, ConfigError, TimeoutsConfig
+from airgap_proxy.state import STATE
 
-SHUTDOWN_GRACE_S = 10.0
+SHUTDOWN_GRACE_S = TimeoutsConfig.shutdown_grace_s
+_log = logs.get_logger("airgap_proxy.server")
 
 
 def _loop_factory() -> asyncio.AbstractEventLoop:
@@ -23,16 +39,26 @@ def _loop_factory() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run(config: Config, *, host: str | None = None, port: int | None = None) -> int:
-    """Serve until interrupted. Returns the process exit status."""
+def make_runner(app: web.Application, config: Config) -> web.AppRunner:
+    """The runner ``serve`` uses, with the client-side timeouts and the drain grace period."""
+    return web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        keepalive_timeout=config.timeouts.client_header_s,
+        shutdown_timeout=config.timeouts.shutdown_grace_s,
+    )
+
+
+def run(
+    config: Config, *, host: str | None = None, port: int | None = None, loader: reload.Loader | None = None
+) -> int:
+    """Serve until SIGTERM or SIGINT. Returns the process exit status."""
     logs.configure(config.logging)
-    log = logs.get_logger("airgap_proxy.server")
     host = host or config.listen.host
     port = config.listen.port if port is None else port
-    app = create_app(config)
-    loop = _loop_factory()
-    asyncio.set_event_loop(loop)
-    log.info(
+    app = create_app(config, loader=loader)
+    _log.info(
         "starting",
         host=host,
         port=port,
@@ -40,18 +66,53 @@ def run(config: Config, *, host: str | None = None, port: int | None = None) -> 
         upstreams=[u.name for u in config.upstreams],
         config=config.source,
     )
-    try:
-        web.run_app(
-            app,
-            host=host,
-            port=port,
-            handler_cancellation=True,
-            access_log=None,
-            print=None,
-            shutdown_timeout=SHUTDOWN_GRACE_S,
-            loop=loop,
-        )
-    except OSError as exc:
-        print(f"airgap-proxy: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+    with asyncio.Runner(loop_factory=_loop_factory) as runner:
+        try:
+            runner.run(serve(app, config, host, port))
+        except OSError as exc:
+            print(f"airgap-proxy: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     return 0
+
+
+async def serve(app: web.Application, config: Config, host: str, port: int) -> None:
+    """Listen on ``host:port`` until a stop signal, then drain and clean up."""
+    loop = asyncio.get_running_loop()
+    runner = make_runner(app, config)
+    await runner.setup()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        task = loop.create_task(_reload_on_signal(app))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        _log.info("listening", host=host, port=port)
+        await stop.wait()
+        for site in list(runner.sites):
+            await site.stop()
+        _log.info("draining", in_flight=app[STATE].in_flight, grace_s=config.timeouts.shutdown_grace_s)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        for task in list(reloads):
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
+        started = time.monotonic()
+        await runner.cleanup()
+        _log.info("stopped", drain_s=round(time.monotonic() - started, 3))
+
+
+async def _reload_on_signal(app: web.Application) -> None:
+    with contextlib.suppress(ConfigError):  # logged by reload_app; the running configuration stays
+        try:
+            await reload.reload_app(app)
+        except Exception as exc:  # noqa: BLE001 - a failed reload must never stop the server
+            _log.error("config_reload_failed", error=f"{type(exc).__name__}: {exc}")

@@ -19,7 +19,7 @@ import aiohttp
 from airgap_proxy import health, policy, routing
 from airgap_proxy.config import Config, ProviderType, UpstreamConfig
 from airgap_proxy.egress import EgressClient
-from airgap_proxy.errors import ProxyError
+from airgap_proxy.errors import ProxyError, UpstreamTimeout
 from airgap_proxy.logs import get_logger
 
 _log = get_logger("airgap_proxy.health")
@@ -30,7 +30,9 @@ PROBE_PATHS = {
     ProviderType.LOCAL_OLLAMA: "/api/tags",
     ProviderType.LOCAL_VLLM: "/health",
     ProviderType.LOCAL_LITELLM: "/health/liveliness",
-    ProviderType.LOCAL_LLAMACPP: "/health",
+    # llama.cpp's llama-server has /health, llama-cpp-python's server does not;
+    # both serve the model list, which also tells us the model names.
+    ProviderType.LOCAL_LLAMACPP: "models",
     ProviderType.LOCAL_OPENAI_COMPATIBLE: "models",
 }
 MAX_PROBE_BODY = 1 << 20
@@ -75,13 +77,22 @@ def models_from_probe(provider_type: ProviderType, body: bytes) -> tuple[str, ..
 class UpstreamPool:
     """All upstreams with their runtime state; the router's view of the world."""
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: Config, clock: Callable[[], float] = time.monotonic, previous: UpstreamPool | None = None
+    ) -> None:
+        """``previous`` (a reload): an upstream whose settings and verdict did not change keeps
+        its runtime, so its health, discovered models and in-flight count carry over."""
         self.config = config
         self.clock = clock
         self.thresholds = health.Thresholds(config.health.unhealthy_after, config.health.healthy_after)
-        self.runtimes: dict[str, UpstreamRuntime] = {
-            u.name: UpstreamRuntime(u, routing.static_decision(u, config.rules)) for u in config.upstreams
-        }
+        self.runtimes: dict[str, UpstreamRuntime] = {}
+        for upstream in config.upstreams:
+            decision = routing.static_decision(upstream, config.rules)
+            old = previous.runtimes.get(upstream.name) if previous is not None else None
+            if old is not None and old.config == upstream and old.decision == decision:
+                self.runtimes[upstream.name] = old
+            else:
+                self.runtimes[upstream.name] = UpstreamRuntime(upstream, decision)
 
     def permitted(self, name: str) -> bool:
         """May traffic go to this upstream? (Names are re-checked at connect time.)"""
@@ -112,6 +123,12 @@ class UpstreamPool:
                 error=error,
             )
 
+    def full(self, name: str) -> bool:
+        """Is the upstream at its ``max_in_flight``?"""
+        runtime = self.runtimes[name]
+        cap = runtime.config.max_in_flight
+        return cap is not None and runtime.in_flight >= cap
+
     def any_available(self) -> bool:
         return any(self.permitted(n) and r.health.available for n, r in self.runtimes.items())
 
@@ -124,6 +141,7 @@ class Probe:
     error: str | None = None
     status: int | None = None
     models: tuple[str, ...] = ()
+    timed_out: bool = False
 
 
 async def probe_endpoint(egress: EgressClient, upstream: UpstreamConfig, timeout_s: float) -> Probe:
@@ -139,6 +157,8 @@ async def probe_endpoint(egress: EgressClient, upstream: UpstreamConfig, timeout
             body = await egress.read_limited(response, MAX_PROBE_BODY)
         finally:
             response.release()
+    except UpstreamTimeout as exc:
+        return Probe(False, exc.message, timed_out=True)
     except ProxyError as exc:
         return Probe(False, exc.message)
     if response.status >= 400:
@@ -151,6 +171,10 @@ async def probe_once(pool: UpstreamPool, egress: EgressClient, runtime: Upstream
     if probe_url(runtime.config) is None or not pool.permitted(runtime.config.name):
         return
     probe = await probe_endpoint(egress, runtime.config, pool.config.health.timeout_s)
+    if probe.timed_out and runtime.in_flight > 0:
+        # A single-slot server (llama.cpp) answers probes only between
+        # generations: a slow probe while it is busy is not a failure.
+        return
     pool.observe(runtime.config.name, probe.ok, probe.error)
     if probe.models:
         runtime.models = probe.models

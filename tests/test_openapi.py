@@ -173,6 +173,17 @@ async def test_real_responses_conform(aiohttp_client: Any, aiohttp_server: Any, 
     await check.check(await client.get(f"{status_path}?tenant=-bad", headers=ADMIN), status_path, "GET")
     await check.check(await client.delete(at("team-a"), headers=ADMIN), provider_path, "DELETE")
 
+    reload_path = "/api/v1/admin/reload"
+    await check.check(await off.post(reload_path, headers=ADMIN), reload_path, "POST")
+    await check.check(await client.post(reload_path), reload_path, "POST")
+    await check.check(await client.post(reload_path, headers=wrong), reload_path, "POST")
+    # Started without a loader: the reload is refused, 400 invalid_config.
+    await check.check(await client.post(reload_path, headers=ADMIN), reload_path, "POST")
+    (tmp_path / "reload").mkdir()
+    reloadable_config = tenant_config(tmp_path / "reload")
+    reloadable = await aiohttp_client(create_app(reloadable_config, loader=lambda: reloadable_config))
+    await check.check(await reloadable.post(reload_path, headers=ADMIN), reload_path, "POST")
+
     documented = {
         (path, method, status)
         for path, operations in spec()["paths"].items()

@@ -493,3 +493,41 @@ async def test_audit_event_carries_token_counts(aiohttp_client: Any, upstream: t
     assert (upstream_audit["prompt_tokens"], upstream_audit["completion_tokens"]) == (1, 2)
     assert fallback_audit["prompt_tokens"] == body["usage"]["prompt_tokens"]
     assert fallback_audit["completion_tokens"] == body["usage"]["completion_tokens"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/nowhere", "/healthz", "/api/v1/tenants//llm-provider"])
+@pytest.mark.parametrize("expect", [b"\x80", b"other"])
+async def test_unsupported_expect_is_417_in_the_envelope_everywhere(path: str, expect: bytes) -> None:
+    app = create_app(make_config())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n".encode()
+            + b"Expect: "
+            + expect
+            + b"\r\n\r\n"
+        )
+        raw = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    finally:
+        await runner.cleanup()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 417")
+    assert b"X-Request-ID" in head
+    assert json.loads(body)["error"]["code"] == "expectation_failed"
+
+
+async def test_wrong_method_on_a_known_path_is_405(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(create_app(make_config()))
+    resp = await client.post("/healthz")
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "GET, HEAD"
+    assert_envelope(await resp.json(), "method_not_allowed")
+    resp = await client.get("/nowhere/at/all")
+    assert resp.status == 404
+    assert_envelope(await resp.json(), "not_found")

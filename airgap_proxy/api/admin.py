@@ -16,21 +16,35 @@ and one with the wrong token 403 (compared in constant time).
    client and report the outcome (the settings are stored either way).
 5. Seal the key (bound to the tenant and the URL), store the record in one
    transaction, and log ``tenant_provider_changed`` (never the key).
+
+``POST /api/v1/admin/reload`` re-reads the configuration as SIGHUP does
+(:func:`airgap_proxy.reload.reload_app`): 200 with the new generation, or 400
+``invalid_config`` with the loader's message while the running one stays.
 """
 
 from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from airgap_proxy import crypto, policy, tenants
+from airgap_proxy import crypto, policy, reload, tenants
 from airgap_proxy.api.openai import read_body
 from airgap_proxy.audit import Action
-from airgap_proxy.errors import AirgapViolation, Forbidden, InternalError, InvalidRequest, NotFound, Unauthorized
+from airgap_proxy.config import ConfigError
+from airgap_proxy.errors import (
+    AirgapViolation,
+    Forbidden,
+    InternalError,
+    InvalidConfig,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+)
 from airgap_proxy.logs import get_logger
 from airgap_proxy.state import AUDIT_KEY, STATE, AppState, TenantProbe
 from airgap_proxy.tenant_store import AsyncTenantStore
@@ -38,22 +52,34 @@ from airgap_proxy.upstreams import Probe, probe_endpoint
 
 TENANTS_PATH = "/api/v1/tenants"
 PROVIDER_PATH = "/api/v1/tenants/{tenant}/llm-provider"
+RELOAD_PATH = "/api/v1/admin/reload"
 MAX_ADMIN_BODY = 64 * 1024
 _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"0", "false", "no", ""})
 _log = get_logger("airgap_proxy.audit")
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get(TENANTS_PATH, list_tenants)
-    app.router.add_route("PUT", PROVIDER_PATH, put_provider)
-    app.router.add_route("GET", PROVIDER_PATH, get_provider)
-    app.router.add_route("DELETE", PROVIDER_PATH, delete_provider)
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
+
+
+def add_routes(app: web.Application, expect_handler: ExpectHandler) -> None:
+    app.router.add_get(TENANTS_PATH, list_tenants, expect_handler=expect_handler)
+    app.router.add_route("PUT", PROVIDER_PATH, put_provider, expect_handler=expect_handler)
+    app.router.add_route("GET", PROVIDER_PATH, get_provider, expect_handler=expect_handler)
+    app.router.add_route("DELETE", PROVIDER_PATH, delete_provider, expect_handler=expect_handler)
+    app.router.add_post(RELOAD_PATH, reload_config, expect_handler=expect_handler)
 
 
 def _authorize(request: web.Request) -> AsyncTenantStore:
     """The store, once the admin token checks out."""
     state = request.app[STATE]
+    _check_token(request, state)
+    if state.store is None:  # pragma: no cover - the store opens at start-up whenever admin is on
+        raise InternalError("The tenant store is not open")
+    return state.store
+
+
+def _check_token(request: web.Request, state: AppState) -> None:
     token = state.config.admin.token
     if token is None:
         raise NotFound("The admin API is disabled: set AIRGAP_PROXY_ADMIN_TOKEN (or admin.token_file) to enable it")
@@ -65,9 +91,6 @@ def _authorize(request: web.Request) -> AsyncTenantStore:
         )
     if not hmac.compare_digest(presented.encode("utf-8"), token.encode("utf-8")):
         raise Forbidden("Invalid admin token")
-    if state.store is None:  # pragma: no cover - the store opens at start-up whenever admin is on
-        raise InternalError("The tenant store is not open")
-    return state.store
 
 
 def _tenant(request: web.Request) -> str:
@@ -193,6 +216,18 @@ async def put_provider(request: web.Request) -> web.Response:
     if probe is not None:
         view["verify"] = verify_view(probe)
     return web.json_response(view, status=201 if created else 200)
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    """Reload the configuration file (and the environment captured at start-up), as SIGHUP does."""
+    _check_token(request, request.app[STATE])
+    try:
+        reloaded = await reload.reload_app(request.app)
+    except ConfigError as exc:
+        raise InvalidConfig(f"configuration rejected, the running one stays: {exc}") from None
+    return web.json_response(
+        {"reloaded": True, "generation": reloaded.generation, "restart_needed": list(reloaded.restart_needed)}
+    )
 
 
 def verify_view(probe: Probe) -> dict[str, Any]:

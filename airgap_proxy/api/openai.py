@@ -5,13 +5,16 @@ For each request:
 1. Identify the tenant: with ``clients`` configured the client's bearer key
    decides (401 missing or unknown key, 403 an ``X-Tenant-ID`` of another
    tenant); otherwise ``X-Tenant-ID`` does.
-2. Read the body within ``limits.max_body_bytes`` (413 past it).
+2. Read the body within ``limits.max_body_bytes`` (413 past it) and
+   ``timeouts.client_body_s`` (408 past it).
 3. Parse what routing needs (model, stream); 400 for malformed core requests.
 4. ``X-Airgap-Mode: deterministic`` answers from the fallback at once.
 5. A tenant with its own provider goes there, and only there (see
    :func:`proxy_tenant`); an unknown tenant continues with the default upstreams.
 6. Route by model (404 if no upstream serves it) and plan the attempts:
-   policy-permitted, available upstreams by priority and load.
+   policy-permitted, available upstreams by priority and load. Upstreams at
+   their ``max_in_flight`` are passed over; when that leaves none, 503
+   ``overloaded`` with ``Retry-After`` (busy is not down: no fallback).
 7. Every candidate refused by the policy while air-gapped: 422, and no
    connection is opened. Report-only mode forwards and records ``would_block``.
 8. Nothing available: the deterministic fallback (or 503 in ``error`` mode).
@@ -19,12 +22,16 @@ For each request:
    time). A connect failure or a 5xx before any byte reached the client is
    retried once on the next candidate; then the response is relayed chunk by
    chunk as it arrives.
+
+The request uses the configuration generation pinned by the middleware from
+start to end, whatever reload happens meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 from aiohttp import web
@@ -33,12 +40,15 @@ from airgap_proxy import crypto, fallback_http, policy, routing, tenants, usage
 from airgap_proxy import payload as payload_mod
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.config import UpstreamConfig
+from airgap_proxy.egress import EgressRefused
 from airgap_proxy.errors import (
     AirgapViolation,
     InternalError,
     InvalidRequest,
     NoHealthyUpstream,
+    Overloaded,
     ProxyError,
+    RequestTimeout,
     RequestTooLarge,
     UpstreamError,
 )
@@ -49,28 +59,36 @@ from airgap_proxy.headers import (
     upstream_request_headers,
 )
 from airgap_proxy.logs import get_logger
-from airgap_proxy.state import AUDIT_KEY, STATE, AppState
+from airgap_proxy.metrics import METRICS
+from airgap_proxy.state import AUDIT_KEY, GENERATION_KEY, STATE, Generation
 from airgap_proxy.tenants import TENANT_HEADER, StoredProvider
 from airgap_proxy.upstreams import UpstreamRuntime
 
 SSE_CONTENT_TYPE = "text/event-stream"
 MODE_HEADER = "X-Airgap-Mode"
+UNHEALTHY_STATUSES = frozenset({502, 503, 504})
 _FORBIDDEN_SEGMENTS = frozenset({"..", ".", "%2e%2e", "%2e", ".%2e", "%2e."})
+OVERLOAD_RETRY_AFTER_S = "1"
 _log = get_logger("airgap_proxy.tenants")
+_SENT_AT = web.RequestKey("upstream_sent_at", float)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing anything over ``limit`` bytes early."""
+async def read_body(request: web.Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refusing anything over ``limit`` bytes early, or not complete within ``timeout_s``."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise RequestTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} seconds") from None
     return b"".join(chunks)
 
 
@@ -90,41 +108,51 @@ def upstream_url(base: str, tail: str, query: str) -> str:
 
 async def proxy_v1(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    gen = request[GENERATION_KEY]
     audit = request[AUDIT_KEY]
-    config = state.config
+    config = gen.config
     identity = tenants.identify(
         request.headers.get("Authorization"), request.headers.get(TENANT_HEADER), config.clients
     )
     audit.tenant = identity.tenant
     tail = upstream_path(request.rel_url.raw_path)
-    body = await read_body(request, config.limits.max_body_bytes)
+    body = await read_body(request, config.limits.max_body_bytes, config.timeouts.client_body_s)
     parsed = payload_mod.parse_payload(tail, request.method, body, request.content_type)
     audit.stream = parsed.stream
     model = routing.requested_model(parsed.model, config.default_model)
     audit.model = model
     if request.headers.get(MODE_HEADER, "").lower() == "deterministic":
-        return await fallback_http.respond(request, state, tail, parsed, model, forced=True)
+        return await fallback_http.respond(request, gen, tail, parsed, model, forced=True)
     provider = await state.tenant_provider(identity.tenant)
     if provider is not None:
-        return await proxy_tenant(request, state, provider, tail=tail, body=body, parsed=parsed)
+        return await proxy_tenant(request, gen, provider, tail=tail, body=body, parsed=parsed)
     if tail == "models" and request.method == "GET":
-        return fallback_http.models_response(state, audit)
+        return fallback_http.models_response(gen, audit)
     if not config.upstreams:
-        return await fallback_http.respond(request, state, tail, parsed, model, forced=False)
+        return await fallback_http.respond(request, gen, tail, parsed, model, forced=False)
+    pool = gen.pool
     candidates = routing.route(config.upstreams, model)
-    permitted = [c for c in candidates if state.pool.permitted(c.upstream.name)]
+    permitted = [c for c in candidates if pool.permitted(c.upstream.name)]
     if not permitted:
-        _refuse(state, candidates[0].upstream.name, audit)
-    attempts = routing.plan(permitted, state.pool.view)
-    hints = payload_mod.hints_in(parsed)
-    audit.stripped = hints
+        _refuse(gen, candidates[0].upstream.name, audit)
+    if not routing.plan(permitted, pool.view):
+        audit.upstream = permitted[0].upstream.name
+        return await fallback_http.respond(request, gen, tail, parsed, model, forced=False)
+    attempts = routing.plan([c for c in permitted if not pool.full(c.upstream.name)], pool.view)
     if not attempts:
         audit.upstream = permitted[0].upstream.name
-        return await fallback_http.respond(request, state, tail, parsed, model, forced=False)
+        raise _busy(permitted[0].upstream)
+    hints = payload_mod.hints_in(parsed)
+    audit.stripped = hints
     for number, candidate in enumerate(attempts, start=1):
         last = number == len(attempts)
-        runtime = state.pool.runtimes[candidate.upstream.name]
-        _record_policy(state, runtime, audit)
+        runtime = pool.runtimes[candidate.upstream.name]
+        if pool.full(runtime.config.name):
+            # Filled up while an earlier attempt was failing.
+            if last:
+                raise _busy(runtime.config)
+            continue
+        _record_policy(runtime, audit)
         send_body = body
         new_model = candidate.model if candidate.model != parsed.model else None
         if parsed.data is not None and (new_model is not None or hints):
@@ -132,20 +160,23 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
         runtime.in_flight += 1
         try:
             try:
-                response = await _send(request, state, runtime.config, tail=tail, body=send_body, audit=audit)
+                response = await _send(request, gen, runtime.config, tail=tail, body=send_body, audit=audit)
             except UpstreamError as exc:
-                state.pool.observe(runtime.config.name, False, exc.message)
+                pool.observe(runtime.config.name, False, exc.message)
                 if last:
-                    if fallback_http.enabled_for(state, tail, request.method):
-                        return await fallback_http.respond(request, state, tail, parsed, model, forced=False)
+                    if fallback_http.enabled_for(gen, tail, request.method):
+                        return await fallback_http.respond(request, gen, tail, parsed, model, forced=False)
                     raise
                 continue
             try:
+                # Only gateway-type failures count against health: a 500 is often
+                # the server's answer to one bad request (llama.cpp does that).
+                unhealthy = response.status in UNHEALTHY_STATUSES
                 if response.status >= 500 and not last:
-                    state.pool.observe(runtime.config.name, False, f"HTTP {response.status}")
+                    pool.observe(runtime.config.name, not unhealthy, f"HTTP {response.status}")
                     continue
-                state.pool.observe(runtime.config.name, response.status < 500, f"HTTP {response.status}")
-                return await _relay(request, state, response, audit)
+                pool.observe(runtime.config.name, not unhealthy, f"HTTP {response.status}")
+                return await _relay(request, gen, response, audit)
             finally:
                 response.release()
         finally:
@@ -153,9 +184,16 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     raise NoHealthyUpstream("no upstream could be reached")  # pragma: no cover - the loop always returns
 
 
+def _busy(upstream: UpstreamConfig) -> Overloaded:
+    return Overloaded(
+        f"Upstream {upstream.name!r} is handling {upstream.max_in_flight} requests (its max_in_flight); retry shortly",
+        headers={"Retry-After": OVERLOAD_RETRY_AFTER_S},
+    )
+
+
 async def proxy_tenant(
     request: web.Request,
-    state: AppState,
+    gen: Generation,
     provider: StoredProvider,
     *,
     tail: str,
@@ -174,17 +212,17 @@ async def proxy_tenant(
        ``X-Airgap-Mode: deterministic`` still asks for it explicitly).
     """
     audit = request[AUDIT_KEY]
-    decision = tenants.request_time_decision(provider, state.config.rules)
+    decision = tenants.request_time_decision(provider, gen.config.rules)
     audit.upstream = tenants.upstream_name(provider.tenant)
     audit.verdict, audit.reason, audit.rule = decision.verdict.value, decision.reason, decision.rule.value
     if not decision.is_local:
-        if state.config.airgapped or decision.verdict is policy.Verdict.INVALID:
+        if gen.config.airgapped or decision.verdict is policy.Verdict.INVALID:
             raise AirgapViolation(decision.reason)
         audit.decision = Action.WOULD_BLOCK
     else:
         audit.decision = Action.FORWARD
     try:
-        api_key = tenants.open_api_key(provider, state.keyring)
+        api_key = tenants.open_api_key(provider, gen.keyring)
     except crypto.SealError as exc:
         _log.error("tenant_key_unavailable", tenant=provider.tenant, reason=str(exc))
         raise InternalError(f"The API key of tenant {provider.tenant!r} cannot be decrypted: {exc}") from None
@@ -196,15 +234,15 @@ async def proxy_tenant(
     new_model = model if model != parsed.model else None
     if parsed.data is not None and (new_model is not None or hints):
         send_body = payload_mod.rewritten(parsed, new_model)
-    response = await _send(request, state, provider.upstream(api_key), tail=tail, body=send_body, audit=audit)
+    response = await _send(request, gen, provider.upstream(api_key), tail=tail, body=send_body, audit=audit)
     try:
-        return await _relay(request, state, response, audit)
+        return await _relay(request, gen, response, audit)
     finally:
         response.release()
 
 
-def _refuse(state: AppState, name: str, audit: Audit) -> None:
-    decision = state.pool.runtimes[name].decision
+def _refuse(gen: Generation, name: str, audit: Audit) -> None:
+    decision = gen.pool.runtimes[name].decision
     assert decision is not None
     audit.upstream = name
     audit.verdict = decision.verdict.value
@@ -213,7 +251,7 @@ def _refuse(state: AppState, name: str, audit: Audit) -> None:
     raise AirgapViolation(decision.reason)
 
 
-def _record_policy(state: AppState, runtime: UpstreamRuntime, audit: Audit) -> None:
+def _record_policy(runtime: UpstreamRuntime, audit: Audit) -> None:
     audit.upstream = runtime.config.name
     decision = runtime.decision
     if decision is None:
@@ -229,23 +267,39 @@ def _record_policy(state: AppState, runtime: UpstreamRuntime, audit: Audit) -> N
 
 
 async def _send(
-    request: web.Request, state: AppState, upstream: UpstreamConfig, *, tail: str, body: bytes, audit: Audit
+    request: web.Request, gen: Generation, upstream: UpstreamConfig, *, tail: str, body: bytes, audit: Audit
 ) -> aiohttp.ClientResponse:
     assert upstream.target is not None  # invalid targets are never permitted
     url = upstream_url(upstream.target.url, tail, request.rel_url.raw_query_string)
     headers = upstream_request_headers(request.headers, upstream.api_key, audit.request_id)
     # Which tenant a request is for is the proxy's business, not the upstream's.
     headers.popall(TENANT_HEADER, None)
+    request[_SENT_AT] = time.perf_counter()
     try:
-        return await state.egress.request(request.method, url, headers=headers, body=body or None)
+        return await gen.egress.request(request.method, url, headers=headers, body=body or None)
     except AirgapViolation as exc:
-        audit.verdict = policy.Verdict.EXTERNAL.value
+        refused = _connect_refusal(exc)
+        audit.verdict = refused.verdict.value if refused else policy.Verdict.EXTERNAL.value
         audit.reason = exc.message
+        audit.rule = refused.rule.value if refused else None
         raise
 
 
+def _connect_refusal(exc: BaseException) -> policy.Decision | None:
+    """The policy decision behind a connect-time refusal, found in the exception chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        found = current if isinstance(current, EgressRefused) else getattr(current, "os_error", None)
+        if isinstance(found, EgressRefused):
+            return found.decision
+        current = current.__cause__ or current.__context__
+    return None
+
+
 async def _relay(
-    request: web.Request, state: AppState, upstream: aiohttp.ClientResponse, audit: Audit
+    request: web.Request, gen: Generation, upstream: aiohttp.ClientResponse, audit: Audit
 ) -> web.StreamResponse:
     if 300 <= upstream.status < 400 and upstream.status != 304:
         # Never followed, and never handed to the client to follow either.
@@ -261,10 +315,16 @@ async def _relay(
     elif upstream.content_length is not None and "Content-Encoding" not in upstream.headers:
         response.content_length = upstream.content_length
     audit.status = upstream.status
+    sent_at = request.get(_SENT_AT)
+    streams = request.app[METRICS].active_streams
     await response.prepare(request)
     tail = b""
+    if is_sse:
+        streams.inc()
     try:
-        async for chunk in state.egress.iter_chunks(upstream):
+        async for chunk in gen.egress.iter_chunks(upstream):
+            if audit.upstream_first_byte_s is None and sent_at is not None:
+                audit.upstream_first_byte_s = time.perf_counter() - sent_at
             audit.bytes_out += len(chunk)
             tail = usage.keep_tail(tail, chunk)
             await response.write(chunk)
@@ -283,6 +343,11 @@ async def _relay(
         audit.status = 499
         audit.error = "client disconnected"
         raise
+    finally:
+        if is_sse:
+            streams.dec()
+    if sent_at is not None:
+        audit.upstream_total_s = time.perf_counter() - sent_at
     await response.write_eof()
     audit.prompt_tokens, audit.completion_tokens = usage.tokens(tail)
     return response

@@ -15,6 +15,8 @@ class ProxyError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
+    # Hang up after answering: the rest of the request body cannot be read.
+    close_connection: ClassVar[bool] = False
 
     def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -76,6 +78,16 @@ class RequestTimeout(ProxyError):
     status = 408
     type = "invalid_request_error"
     code = "request_timeout"
+    close_connection = True
+
+
+class UndecodableBody(ProxyError):
+    """The request body does not decode (e.g. labelled gzip, but not gzip)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request_error"
+    close_connection = True
 
 
 class InvalidConfig(ProxyError):

@@ -36,6 +36,8 @@ CLIENT_ONLY = frozenset(
         "api-key",
         "x-api-key",
         "content-length",
+        # aiohttp hands us the body decompressed; the label must not travel on.
+        "content-encoding",
         "accept-encoding",
         "expect",
         "x-request-id",

@@ -30,7 +30,6 @@ from airgap_proxy.errors import (
     NotFound,
     Overloaded,
     ProxyError,
-    RequestTimeout,
     RequestTooLarge,
 )
 from airgap_proxy.headers import REQUEST_ID_HEADER, valid_request_id
@@ -91,6 +90,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     generation.enter()
     limited = request.path.startswith("/v1/")
     admitted = False
+    hang_up = False
     try:
         if limited:
             limit = generation.config.limits.max_in_flight
@@ -104,11 +104,13 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
     except ProxyError as exc:
         response = _fail(audit, exc, request_id)
+        hang_up = exc.close_connection
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = _fail(audit, _from_http_exception(exc, request.path), request_id)
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The client went away (cancelled handler, or a write to a closed transport).
         audit.status = 499
         audit.error = "client disconnected"
         _emit(request, audit, started)
@@ -125,9 +127,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     if audit.status == 0:
         audit.status = response.status
     _emit(request, audit, started)
-    if audit.error_code == RequestTimeout.code and request.transport is not None:
-        # Answer, then hang up: waiting for the rest of a slow body (aiohttp
-        # lingers up to 10 s for it) would let a slow client hold the connection.
+    if hang_up and request.transport is not None:
+        # Answer, then hang up: waiting for the rest of a slow or broken body
+        # (aiohttp lingers up to 10 s for it) would let a client hold the connection.
         response.force_close()
         await response.prepare(request)
         await response.write_eof()

@@ -35,6 +35,7 @@ import time
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from airgap_proxy import crypto, fallback_http, policy, routing, tenants, usage
 from airgap_proxy import payload as payload_mod
@@ -50,6 +51,7 @@ from airgap_proxy.errors import (
     ProxyError,
     RequestTimeout,
     RequestTooLarge,
+    UndecodableBody,
     UpstreamError,
 )
 from airgap_proxy.headers import (
@@ -89,6 +91,9 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(f"The request body did not arrive within {timeout_s:g} seconds") from None
+    except (RequestPayloadError, aiohttp.http_exceptions.HttpProcessingError):
+        # e.g. a body labelled gzip that does not decompress
+        raise UndecodableBody("The request body could not be decoded (Content-Encoding)") from None
     return b"".join(chunks)
 
 

@@ -165,6 +165,7 @@ class AdminConfig:
 class LimitsConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     max_in_flight: int = 1024
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,11 @@ class Config:
             "admin": {"enabled": self.admin.token is not None, "token": REDACTED if self.admin.token else None},
             "secret_key": REDACTED if self.secret_key else None,
             "previous_secret_keys": [REDACTED for _ in self.previous_secret_keys],
-            "limits": {"max_body_bytes": self.limits.max_body_bytes, "max_in_flight": self.limits.max_in_flight},
+            "limits": {
+                "max_body_bytes": self.limits.max_body_bytes,
+                "max_in_flight": self.limits.max_in_flight,
+                "max_connections": self.limits.max_connections,
+            },
             "timeouts": {
                 "connect_s": self.timeouts.connect_s,
                 "upstream_s": self.timeouts.upstream_s,
@@ -842,6 +847,7 @@ def _parse_limits(section: _Section) -> LimitsConfig:
     config = LimitsConfig(
         max_body_bytes=max_body,
         max_in_flight=_at_least_one(section, "max_in_flight", LimitsConfig.max_in_flight),
+        max_connections=_at_least_one(section, "max_connections", LimitsConfig.max_connections),
     )
     section.finish()
     return config

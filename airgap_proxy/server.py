@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 import time
+from typing import cast
 
 from aiohttp import web
 
 from airgap_proxy import logs, reload
 from airgap_proxy.app import create_app
 from airgap_proxy.config import Config, ConfigError, TimeoutsConfig
+from airgap_proxy.errors import Overloaded
 from airgap_proxy.state import STATE
 
 SHUTDOWN_GRACE_S = TimeoutsConfig.shutdown_grace_s
@@ -37,6 +40,59 @@ def _loop_factory() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
+
+
+_OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection past ``limits.max_connections``: one 503, then close."""
+
+    def __init__(self, reply: bytes) -> None:
+        self._reply = reply
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        stream = cast(asyncio.WriteTransport, transport)  # uvloop's transports do not subclass asyncio's
+        stream.write(self._reply)
+        stream.close()
+
+
+class CappedSite(web.BaseSite):
+    """A TCP site that holds at most ``max_connections`` client connections.
+
+    aiohttp has no connection cap; past it a new connection is answered with
+    a 503 ``overloaded`` envelope and closed before any request is read, so
+    an idle or slow crowd cannot exhaust file descriptors or memory.
+    """
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._max = max_connections
+        body = json.dumps(Overloaded("Too many connections (limits.max_connections); retry shortly").envelope())
+        self._reply = _OVERLOADED % (len(body), body.encode())
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+
+        def factory() -> asyncio.Protocol:
+            if len(server.connections) >= self._max:
+                _log.warning("connection_refused", reason="limits.max_connections", limit=self._max)
+                return _Refuse(self._reply)
+            return server()
+
+        self._server = await loop.create_server(factory, self._host, self._port, reuse_address=True)
 
 
 def make_runner(app: web.Application, config: Config) -> web.AppRunner:
@@ -90,7 +146,7 @@ async def serve(app: web.Application, config: Config, host: str, port: int) -> N
 
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     try:
-        await web.TCPSite(runner, host, port).start()
+        await CappedSite(runner, host, port, config.limits.max_connections).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hangup)

@@ -57,6 +57,11 @@ def _refusal(exc: BaseException) -> EgressRefused | None:
     return None
 
 
+def resolved_addresses(results: list[ResolveResult]) -> list[IPAddress]:
+    """The addresses of a resolver's answer, zone ids dropped."""
+    return [ipaddress.ip_address(r["host"].split("%", 1)[0]) for r in results]
+
+
 class PolicyResolver(AbstractResolver):
     """Resolve with ``inner`` then refuse any address the policy does not allow."""
 
@@ -87,14 +92,10 @@ class PolicyResolver(AbstractResolver):
         try:
             results = await self._inner.resolve(host, port, family)
         except OSError as exc:
-            decision = policy.Decision(
-                policy.Verdict.EXTERNAL, policy.REASON_UNRESOLVED.format(host=name), policy.Rule.UNRESOLVED, name
-            )
             if self._enforce:
-                raise EgressRefused(decision) from exc
+                raise EgressRefused(policy.unresolved(name)) from exc
             raise
-        addresses = [ipaddress.ip_address(r["host"].split("%", 1)[0]) for r in results]
-        decision = policy.check_addresses(name, addresses, self._rules)
+        decision = policy.check_addresses(name, resolved_addresses(results), self._rules)
         if not decision.is_local:
             if self._enforce:
                 raise EgressRefused(decision)
@@ -197,14 +198,8 @@ class EgressClient:
         try:
             results = await inner.resolve(target.host, target.port, socket.AF_UNSPEC)
         except OSError:
-            return policy.Decision(
-                policy.Verdict.EXTERNAL,
-                policy.REASON_UNRESOLVED.format(host=target.host),
-                policy.Rule.UNRESOLVED,
-                target.host,
-            )
-        addresses = [ipaddress.ip_address(r["host"].split("%", 1)[0]) for r in results]
-        return policy.check_addresses(target.host, addresses, self._rules)
+            return policy.unresolved(target.host)
+        return policy.check_addresses(target.host, resolved_addresses(results), self._rules)
 
     async def read_limited(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
         """Read a whole (small) response body, refusing more than ``limit`` bytes."""

@@ -323,6 +323,11 @@ def allow_host_match(host: str, rules: Rules) -> HostPattern | None:
     return None
 
 
+def unresolved(host: str) -> Decision:
+    """The verdict for a name that does not resolve: external (fail closed)."""
+    return Decision(Verdict.EXTERNAL, REASON_UNRESOLVED.format(host=host), Rule.UNRESOLVED, host)
+
+
 def classify_static(target: Target, rules: Rules) -> Decision | None:
     """Steps 1-3 that need no resolution; None means "resolve the name".
 
@@ -355,11 +360,11 @@ def classify_target(target: Target, rules: Rules, resolve: Resolve | None) -> De
     if static is not None:
         return static
     if resolve is None:
-        return Decision(Verdict.EXTERNAL, REASON_UNRESOLVED.format(host=target.host), Rule.UNRESOLVED, target.host)
+        return unresolved(target.host)
     try:
         addresses = list(resolve(target.host))
     except ResolutionError:
-        return Decision(Verdict.EXTERNAL, REASON_UNRESOLVED.format(host=target.host), Rule.UNRESOLVED, target.host)
+        return unresolved(target.host)
     return check_addresses(target.host, addresses, rules)
 
 

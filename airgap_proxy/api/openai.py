@@ -140,13 +140,12 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     permitted = [c for c in candidates if pool.permitted(c.upstream.name)]
     if not permitted:
         _refuse(gen, candidates[0].upstream.name, audit)
-    if not routing.plan(permitted, pool.view):
-        audit.upstream = permitted[0].upstream.name
-        return await fallback_http.respond(request, gen, tail, parsed, model, forced=False)
     attempts = routing.plan([c for c in permitted if not pool.full(c.upstream.name)], pool.view)
     if not attempts:
         audit.upstream = permitted[0].upstream.name
-        raise _busy(permitted[0].upstream)
+        if routing.plan(permitted, pool.view):  # available, but each one at its max_in_flight
+            raise _busy(permitted[0].upstream)
+        return await fallback_http.respond(request, gen, tail, parsed, model, forced=False)
     hints = payload_mod.hints_in(parsed)
     audit.stripped = hints
     for number, candidate in enumerate(attempts, start=1):
@@ -176,11 +175,9 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
             try:
                 # Only gateway-type failures count against health: a 500 is often
                 # the server's answer to one bad request (llama.cpp does that).
-                unhealthy = response.status in UNHEALTHY_STATUSES
+                pool.observe(runtime.config.name, response.status not in UNHEALTHY_STATUSES, f"HTTP {response.status}")
                 if response.status >= 500 and not last:
-                    pool.observe(runtime.config.name, not unhealthy, f"HTTP {response.status}")
                     continue
-                pool.observe(runtime.config.name, not unhealthy, f"HTTP {response.status}")
                 return await _relay(request, gen, response, audit)
             finally:
                 response.release()

@@ -45,6 +45,16 @@ class Audit:
     # its first body byte, and until its last.
     upstream_first_byte_s: float | None = None
     upstream_total_s: float | None = None
+    # For X-Airgap-Overhead-Ms: when the handler started (perf_counter seconds),
+    # and the seconds since then spent waiting for the client's body or the upstream.
+    started: float = 0.0
+    waited_s: float = 0.0
+    overhead_ms: float | None = None
+
+    def overhead(self, now: float) -> str:
+        """Milliseconds spent inside the proxy until ``now``, waits excluded; recorded for the log."""
+        self.overhead_ms = round(max(0.0, now - self.started - self.waited_s) * 1000, 3)
+        return f"{self.overhead_ms:.3f}"
 
     def fields(self, duration_ms: float) -> dict[str, Any]:
         return {
@@ -67,4 +77,5 @@ class Audit:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "duration_ms": round(duration_ms, 3),
+            "overhead_ms": self.overhead_ms,
         }

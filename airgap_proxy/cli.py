@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from airgap_proxy import __version__, crypto, policy, routing
-from airgap_proxy.config import ENV_CONFIG, ENV_SECRET_KEY, Config, ConfigError, load_config
+from airgap_proxy import __version__, crypto, policy, routing, workers
+from airgap_proxy.config import ENV_CONFIG, ENV_SECRET_KEY, Config, ConfigError, load_config, parse_workers
 from airgap_proxy.egress import EgressClient, system_resolve
 from airgap_proxy.errors import ProxyError, UpstreamError
 from airgap_proxy.server import run
@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (default: $AIRGAP_PROXY_CONFIG)")
     serve.add_argument("--host", help="listen address (overrides config and $AIRGAP_PROXY_HOST)")
     serve.add_argument("--port", type=int, help="listen port (overrides config and $AIRGAP_PROXY_PORT)")
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        help="worker processes sharing the port with SO_REUSEPORT; 0 or auto: one per CPU "
+        "(overrides $AIRGAP_PROXY_WORKERS; default 1: a single process)",
+    )
 
     classify = sub.add_parser("classify", help="print the egress verdict for URLs")
     classify.add_argument("urls", nargs="+", metavar="URL")
@@ -85,9 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
-    """Serve; a reload (SIGHUP, admin API) re-reads the same file with the environment captured now."""
+    """Serve; a reload (SIGHUP, admin API) re-reads the same file with the environment captured now.
+
+    One worker (the default) is a single process; more run under a supervisor
+    (:mod:`airgap_proxy.workers`), once the configuration has loaded.
+    """
     config = load_config(args.config, env)
+    count = workers.worker_count(config.workers if args.workers is None else parse_workers("--workers", args.workers))
     try:
+        if count > 1:
+            return workers.supervise(
+                config, count, host=args.host, port=args.port, loader=lambda: load_config(args.config, env)
+            )
         return run(config, host=args.host, port=args.port, loader=lambda: load_config(args.config, env))
     except StoreError as exc:
         print(f"airgap-proxy: {exc}", file=sys.stderr)

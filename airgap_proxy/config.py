@@ -31,12 +31,15 @@ ENV_PROVIDER_TYPE = "LLM_PROVIDER_TYPE"
 ENV_CONFIG = "AIRGAP_PROXY_CONFIG"
 ENV_HOST = "AIRGAP_PROXY_HOST"
 ENV_PORT = "AIRGAP_PROXY_PORT"
+ENV_WORKERS = "AIRGAP_PROXY_WORKERS"
 ENV_ADMIN_TOKEN = "AIRGAP_PROXY_ADMIN_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_SECRET_KEY = "AIRGAP_PROXY_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
 ENV_PREVIOUS_SECRET_KEYS = "AIRGAP_PROXY_PREVIOUS_SECRET_KEYS"  # noqa: S105 - a variable name, not a secret
 DEFAULT_UPSTREAM_NAME = "default"
 RESERVED_UPSTREAM_NAMES = frozenset({"deterministic"})
 REDACTED = "***"
+# serve --workers: a typo such as 1000 should not fork a thousand processes.
+MAX_WORKERS = 256
 
 _URL_SHAPE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -200,6 +203,9 @@ class Config:
     secret_key: str | None = field(default=None, repr=False)
     previous_secret_keys: tuple[str, ...] = field(default=(), repr=False)
     clients: tuple[ClientConfig, ...] = ()
+    # Worker processes for ``serve`` (``AIRGAP_PROXY_WORKERS``; 0: one per CPU). Not a file key:
+    # the process model is chosen at start, which a reload cannot change.
+    workers: int = 1
     source: str | None = None
 
     def redacted(self) -> dict[str, Any]:
@@ -207,6 +213,7 @@ class Config:
         return {
             "source": self.source,
             "listen": {"host": self.listen.host, "port": self.listen.port},
+            "workers": self.workers,
             "airgapped": self.airgapped,
             "policy": {
                 "allow_networks": [str(n) for n in self.rules.allow_networks],
@@ -334,6 +341,8 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
         raise ConfigError("version", f"unsupported version {version} (expected {CONFIG_VERSION})")
 
     listen = _parse_listen(root.section("listen"), env)
+    env_workers = env.get(ENV_WORKERS, "").strip()
+    workers = parse_workers(ENV_WORKERS, env_workers) if env_workers else 1
     airgapped = root.get("airgapped", bool, True)
     env_airgapped = env.get(ENV_AIRGAPPED, "").strip()
     if env_airgapped:
@@ -368,6 +377,7 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
         secret_key=secret,
         previous_secret_keys=previous_secrets,
         clients=clients,
+        workers=workers,
         source=source,
     )
 
@@ -461,6 +471,18 @@ def _parse_port(path: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
         raise ConfigError(path, f"expected a port number 0-65535, got {value!r}")
     return value
+
+
+def parse_workers(path: str, value: str) -> int:
+    """A worker count: a positive integer, or ``0``/``auto`` (returned as 0: one per CPU)."""
+    text = value.strip().lower()
+    if text == "auto":
+        return 0
+    if text.isascii() and text.isdigit() and int(text) <= MAX_WORKERS:
+        return int(text)
+    raise ConfigError(
+        path, f"expected a number of worker processes 1-{MAX_WORKERS}, or 0 or auto (one per CPU), got {value!r}"
+    )
 
 
 def _parse_listen(section: _Section, env: Mapping[str, str]) -> Listen:

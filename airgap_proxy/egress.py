@@ -2,16 +2,19 @@
 
 Every outbound HTTP request of the proxy goes through :class:`EgressClient`:
 
-1. One ``aiohttp.ClientSession`` with ``trust_env=False`` (proxy variables are
-   ignored), no cookie jar, no automatic decompression, explicit timeouts and
-   keep-alive pooling. Redirects are never followed.
-2. Its resolver (:class:`PolicyResolver`) re-applies the address check of the
-   policy to every address a name resolves to, just before connecting, so a
-   name that changes its answer (DNS rebinding) cannot reach outside.
-3. Its socket factory re-checks the exact address of every socket it is asked
-   to create, IP literals included (aiohttp does not resolve those).
+1. One lean HTTP/1.1 client (:mod:`airgap_proxy.http1`) with keep-alive
+   pools per upstream. It never reads proxy variables, keeps no cookies,
+   never decompresses and never follows a redirect (it has no code that
+   would), with explicit connect and read timeouts.
+2. Every new connection is opened here, by :meth:`EgressClient._connect`: a
+   name is resolved through :class:`PolicyResolver`, which re-applies the
+   address check of the policy to every address it resolves to, just before
+   connecting, so a name that changes its answer (DNS rebinding) cannot reach
+   outside. Deny-listed names are refused before the lookup.
+3. The exact address of every socket is checked again before it is created,
+   IP literals included.
 
-aiohttp errors are translated into :mod:`airgap_proxy.errors` here, and only here.
+Connection errors are translated into :mod:`airgap_proxy.errors` here, and only here.
 """
 
 from __future__ import annotations
@@ -19,19 +22,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
-import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from airgap_proxy import policy
 from airgap_proxy.errors import AirgapViolation, UpstreamError, UpstreamTimeout
+from airgap_proxy.http1 import Http1Connection, Http1Pool, Origin, UpstreamResponse
 from airgap_proxy.targets import IPAddress, Target
 
 OnWouldBlock = Callable[[policy.Decision], None]
+_ORIGIN_CACHE = 1024
 
 
 class EgressRefused(OSError):
@@ -121,71 +125,127 @@ class EgressClient:
     ) -> None:
         self._rules = rules
         self._enforce = enforce
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
         self._inner_resolver = resolver
         self._on_would_block: OnWouldBlock = on_would_block or (lambda decision: None)
-        self._session: aiohttp.ClientSession | None = None
+        self._resolver: PolicyResolver | None = None
+        self._pool: Http1Pool | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._origins: dict[str, tuple[Origin, str]] = {}
 
     async def start(self) -> None:
         inner = self._inner_resolver or ThreadedResolver()
-        connector = aiohttp.TCPConnector(
-            resolver=PolicyResolver(self._rules, self._enforce, inner, self._on_would_block),
-            socket_factory=self._socket_factory,
-            limit=0,
-            limit_per_host=0,
-            ttl_dns_cache=10,
-            enable_cleanup_closed=False,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            raise_for_status=False,
-        )
+        self._resolver = PolicyResolver(self._rules, self._enforce, inner, self._on_would_block)
+        self._pool = Http1Pool(self._connect, read_timeout_s=self._read_timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._pool is not None
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
-    def _socket_factory(self, addr_info: Any) -> socket.socket:
-        family, type_, proto, _, sockaddr = addr_info
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+    def _check_address(self, host: str) -> IPAddress:
+        """Re-check the exact address a socket is about to connect to."""
+        address = ipaddress.ip_address(host.split("%", 1)[0])
         decision = policy.check_addresses(address.compressed, [address], self._rules)
         if not decision.is_local:
             if self._enforce:
                 raise EgressRefused(decision)
             self._on_would_block(decision)
-        return socket.socket(family=family, type=type_, proto=proto)
+        return address
+
+    async def _connect(self, origin: Origin, pool: Http1Pool) -> Http1Connection:
+        """Open a connection to ``origin``: resolve through the policy, check each address, connect."""
+        assert self._resolver is not None
+        try:
+            ipaddress.ip_address(origin.host.split("%", 1)[0])
+            candidates = [(origin.host, origin.port)]
+        except ValueError:
+            try:
+                results = await self._resolver.resolve(origin.host, origin.port, socket.AF_UNSPEC)
+            except EgressRefused as exc:
+                raise AirgapViolation(exc.decision.reason) from exc
+            except OSError as exc:
+                raise UpstreamError(f"cannot connect to upstream: {origin.host} does not resolve") from exc
+            candidates = [(r["host"], r["port"]) for r in results]
+        loop = asyncio.get_running_loop()
+        tls = self._tls_context() if origin.scheme == "https" else None
+        failure: OSError | None = None
+        for host, port in candidates:
+            try:
+                address = self._check_address(host)
+            except EgressRefused as exc:
+                raise AirgapViolation(exc.decision.reason) from exc
+            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                async with asyncio.timeout(self._connect_timeout_s):
+                    await loop.sock_connect(sock, (host, port))
+                    _, conn = await loop.create_connection(
+                        lambda: Http1Connection(loop, origin, pool),
+                        sock=sock,
+                        ssl=tls,
+                        server_hostname=origin.host if tls is not None else None,
+                    )
+                return conn
+            except TimeoutError:
+                sock.close()
+                raise UpstreamTimeout("upstream did not accept the connection in time") from None
+            except ssl.SSLError as exc:
+                sock.close()
+                raise UpstreamError(f"TLS with the upstream failed: {exc.reason or exc.__class__.__name__}") from None
+            except OSError as exc:
+                sock.close()
+                failure = exc
+        reason = (failure.strerror if failure is not None else None) or "no address"
+        raise UpstreamError(f"cannot connect to upstream: {reason}".lower())
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    def _origin(self, url: str) -> tuple[Origin, str]:
+        """The origin and request target of ``url`` (cached: upstream base URLs repeat)."""
+        found = self._origins.get(url)
+        if found is None:
+            parsed = URL(url, encoded=True)
+            if parsed.scheme not in ("http", "https") or not parsed.raw_host or parsed.port is None:
+                raise UpstreamError("the upstream URL is not an http(s) URL with a host")
+            found = (Origin(parsed.scheme, parsed.raw_host, parsed.port), parsed.raw_path_qs or "/")
+            if len(self._origins) < _ORIGIN_CACHE:
+                self._origins[url] = found
+        return found
 
     async def request(
         self,
         method: str,
         url: str,
         *,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes | None,
-        request_timeout: aiohttp.ClientTimeout | None = None,
-    ) -> aiohttp.ClientResponse:
+        timeout_s: float | None = None,
+    ) -> UpstreamResponse:
         """Send one request; the caller must release the returned response.
 
-        Raises :class:`AirgapViolation` when the connector refused the target,
-        :class:`UpstreamTimeout` or :class:`UpstreamError` otherwise.
+        Raises :class:`AirgapViolation` when the target is refused at connect
+        time, :class:`UpstreamTimeout` or :class:`UpstreamError` otherwise.
         """
-        if self._session is None:
+        if self._pool is None:
             raise UpstreamError("egress client is not running")
+        origin, target = self._origin(url)
+        items = headers.items() if isinstance(headers, Mapping) else headers
         try:
-            return await self._session.request(
-                method,
-                URL(url, encoded=True),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=request_timeout or self._timeout,
-            )
+            return await self._pool.request(origin, method, target, items, body, timeout_s=timeout_s)
         except BaseException as exc:
             raise translate_error(exc) from exc
 
@@ -201,44 +261,24 @@ class EgressClient:
             return policy.unresolved(target.host)
         return policy.check_addresses(target.host, resolved_addresses(results), self._rules)
 
-    async def read_limited(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
+    async def read_limited(self, response: UpstreamResponse, limit: int) -> bytes:
         """Read a whole (small) response body, refusing more than ``limit`` bytes."""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in self.iter_chunks(response):
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamError(f"upstream response is larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await response.read(limit)
 
-    async def iter_chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        """Yield the response body as it arrives, translating errors."""
-        try:
-            async for chunk in response.content.iter_any():
-                yield chunk
-        except BaseException as exc:
-            raise translate_error(exc) from exc
+    def iter_chunks(self, response: UpstreamResponse) -> AsyncIterator[bytes]:
+        """Yield the response body as it arrives (errors are already ours)."""
+        return response.iter_chunks()
 
 
 def translate_error(exc: BaseException) -> BaseException:
-    """Map an aiohttp/asyncio exception to our error tree (others pass through)."""
+    """Map a connection-level exception to our error tree (ours and cancellation pass through)."""
     if isinstance(exc, asyncio.CancelledError) or not isinstance(exc, Exception):
         return exc
     refused = _refusal(exc)
     if refused is not None:
         return AirgapViolation(refused.decision.reason)
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    if isinstance(exc, TimeoutError):
         return UpstreamTimeout("upstream did not answer in time")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or exc.os_error.__class__.__name__
-        return UpstreamError(f"cannot connect to upstream: {reason}".lower())
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return UpstreamError("upstream response was cut short")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return UpstreamError("upstream closed the connection")
-    if isinstance(exc, aiohttp.ClientError):
-        return UpstreamError(f"upstream request failed: {exc.__class__.__name__}")
     if isinstance(exc, OSError):
         return UpstreamError(f"upstream connection failed: {exc.__class__.__name__}")
     return exc

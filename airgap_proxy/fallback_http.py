@@ -8,6 +8,7 @@ configured, or when a request carries ``X-Airgap-Mode: deterministic``. With
 from __future__ import annotations
 
 import json
+import time
 
 from aiohttp import web
 
@@ -15,7 +16,7 @@ from airgap_proxy import fallback, usage
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.config import FallbackMode
 from airgap_proxy.errors import NoHealthyUpstream
-from airgap_proxy.headers import REQUEST_ID_HEADER, UPSTREAM_HEADER
+from airgap_proxy.headers import OVERHEAD_HEADER, REQUEST_ID_HEADER, UPSTREAM_HEADER
 from airgap_proxy.payload import Payload
 from airgap_proxy.state import AUDIT_KEY, Generation
 
@@ -95,6 +96,7 @@ async def _stream(request: web.Request, events: list[bytes], audit: Audit) -> we
             "X-Accel-Buffering": "no",
             UPSTREAM_HEADER: DETERMINISTIC,
             REQUEST_ID_HEADER: audit.request_id,
+            OVERHEAD_HEADER: audit.overhead(time.perf_counter()),
         }
     )
     audit.status = 200

@@ -10,7 +10,7 @@ Towards the client: hop-by-hop headers, framing headers and cookies are dropped.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -46,39 +46,41 @@ CLIENT_ONLY = frozenset(
     }
 )
 UPSTREAM_ONLY = frozenset({"content-length", "set-cookie", "server", "date", "x-request-id"})
+_TO_UPSTREAM_DROPPED = HOP_BY_HOP | CLIENT_ONLY
+_TO_CLIENT_DROPPED = HOP_BY_HOP | UPSTREAM_ONLY
 REQUEST_ID_HEADER = "X-Request-ID"
 UPSTREAM_HEADER = "X-Airgap-Upstream"
+# Milliseconds the proxy itself spent on a request, waits for the client's body and the upstream excluded.
+OVERHEAD_HEADER = "X-Airgap-Overhead-Ms"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def _connection_listed(headers: Mapping[str, str]) -> set[str]:
-    listed: set[str] = set()
-    for value in (
+def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
+    if "Connection" not in headers:
+        return frozenset()
+    values = (
         headers.getall("Connection", [])
         if isinstance(headers, (CIMultiDict, CIMultiDictProxy))
         else [headers.get("Connection", "")]
-    ):
-        listed.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return listed
+    )
+    return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
 
 
-def _filtered(headers: Mapping[str, str], drop: Iterable[str]) -> CIMultiDict[str]:
-    dropped = HOP_BY_HOP | frozenset(drop) | _connection_listed(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    items = headers.items()
-    for name, value in items:
-        lowered = name.lower()
-        if lowered in dropped or lowered.startswith("x-airgap-"):
-            continue
-        out.add(name, value)
-    return out
+def _filtered(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
+    listed = _connection_listed(headers)
+    dropped = drop | listed if listed else drop
+    return CIMultiDict(
+        (name, value)
+        for name, value in headers.items()
+        if (lowered := name.lower()) not in dropped and not lowered.startswith("x-airgap-")
+    )
 
 
 def upstream_request_headers(
     client_headers: Mapping[str, str], api_key: str | None, request_id: str
 ) -> CIMultiDict[str]:
     """Headers to send upstream for a client's request."""
-    out = _filtered(client_headers, CLIENT_ONLY)
+    out = _filtered(client_headers, _TO_UPSTREAM_DROPPED)
     if api_key:
         out["Authorization"] = f"Bearer {api_key}"
     out[REQUEST_ID_HEADER] = request_id
@@ -87,7 +89,7 @@ def upstream_request_headers(
 
 def client_response_headers(upstream_headers: Mapping[str, str]) -> CIMultiDict[str]:
     """Headers of an upstream response that are passed on to the client."""
-    return _filtered(upstream_headers, UPSTREAM_ONLY)
+    return _filtered(upstream_headers, _TO_CLIENT_DROPPED)
 
 
 def valid_request_id(value: str | None) -> str | None:

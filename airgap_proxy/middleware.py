@@ -15,12 +15,14 @@ never shows internals to the client. For every request, in order:
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from airgap_proxy import logs
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.errors import (
     ExpectationFailed,
@@ -32,7 +34,7 @@ from airgap_proxy.errors import (
     ProxyError,
     RequestTooLarge,
 )
-from airgap_proxy.headers import REQUEST_ID_HEADER, valid_request_id
+from airgap_proxy.headers import OVERHEAD_HEADER, REQUEST_ID_HEADER, valid_request_id
 from airgap_proxy.logs import AUDIT_EVENT, get_logger
 from airgap_proxy.metrics import route_label
 from airgap_proxy.state import AUDIT_KEY, GENERATION_KEY, STATE
@@ -41,6 +43,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _log = get_logger("airgap_proxy.audit")
 _UNAUDITED = frozenset({"/healthz", "/readyz", "/metrics"})
 OVERLOAD_RETRY_AFTER_S = "1"
+
+
+def new_request_id() -> str:
+    """128 random bits as 32 hex digits (the shape of a uuid4 hex, at a quarter of the cost)."""
+    return os.urandom(16).hex()
 
 
 def error_response(error: ProxyError, request_id: str) -> web.Response:
@@ -74,15 +81,15 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
         return None
-    request_id = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
+    request_id = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
     return error_response(ExpectationFailed("Only 'Expect: 100-continue' is supported"), request_id)
 
 
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    request_id = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or uuid.uuid4().hex
-    audit = Audit(request_id=request_id, method=request.method, route=request.path)
+    request_id = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
+    audit = Audit(request_id=request_id, method=request.method, route=request.path, started=started)
     request[AUDIT_KEY] = audit
     state = request.app[STATE]
     generation = state.generation
@@ -124,6 +131,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         generation.leave()
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
+        if limited:
+            response.headers[OVERHEAD_HEADER] = audit.overhead(time.perf_counter())
     if audit.status == 0:
         audit.status = response.status
     _emit(request, audit, started)
@@ -151,7 +160,6 @@ def _emit(request: web.Request, audit: Audit, started: float) -> None:
         return
     duration_s = time.perf_counter() - started
     request.app[STATE].metrics.observe(audit, route_label(request), duration_s)
-    if audit.status >= 500:
-        _log.warning(AUDIT_EVENT, **audit.fields(duration_s * 1000))
-    else:
-        _log.info(AUDIT_EVENT, **audit.fields(duration_s * 1000))
+    logs.emit(
+        _log, logging.WARNING if audit.status >= 500 else logging.INFO, AUDIT_EVENT, audit.fields(duration_s * 1000)
+    )

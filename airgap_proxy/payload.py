@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from airgap_proxy.errors import InvalidRequest
 
 # Endpoint (path after /v1/) -> field that must be present.
@@ -64,7 +66,7 @@ def parse_payload(endpoint: str, method: str, body: bytes, content_type: str) ->
     if not body:
         raise InvalidRequest("The request body is empty; expected a JSON object")
     try:
-        data = json.loads(body)
+        data = loads(body)
     except (ValueError, RecursionError):
         raise InvalidRequest("The request body is not valid JSON") from None
     if not isinstance(data, dict):
@@ -76,11 +78,24 @@ def parse_payload(endpoint: str, method: str, body: bytes, content_type: str) ->
     return Payload(model=_model(data), stream=_stream(data), data=data)
 
 
+def loads(body: bytes) -> Any:
+    """JSON from bytes: orjson, and the standard library for what orjson refuses.
+
+    orjson is several times faster; the standard library also accepts ``NaN``,
+    integers past 64 bits and lone surrogates, which a client may legitimately
+    send, so those few bodies keep being accepted as before.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def _optional_payload(body: bytes, content_type: str) -> Payload:
     if not body or "json" not in content_type:
         return Payload(model=None, stream=False, data=None)
     try:
-        data = json.loads(body)
+        data = loads(body)
     except (ValueError, RecursionError):
         return Payload(model=None, stream=False, data=None)
     if not isinstance(data, dict):

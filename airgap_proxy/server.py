@@ -5,6 +5,10 @@
   ``timeouts.shutdown_grace_s``, cancel what is left, close, exit 0.
 - ``SIGHUP`` reloads the configuration (:func:`airgap_proxy.reload.reload_app`);
   a bad file is logged and the running configuration stays.
+- As a worker of ``serve --workers N`` (:mod:`airgap_proxy.workers`) the
+  socket is bound with ``SO_REUSEPORT`` next to the other workers', and a
+  repeated stop signal during the drain is ignored: the supervisor owns the
+  deadline.
 - ``timeouts.client_header_s`` is aiohttp's keep-alive timeout, which (since
   aiohttp 3.14) also runs from the moment a connection opens: a client that has
   not sent a complete request head by then is disconnected, whether it is idle
@@ -19,6 +23,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import cast
 
 from aiohttp import web
@@ -68,11 +73,14 @@ class CappedSite(web.BaseSite):
     an idle or slow crowd cannot exhaust file descriptors or memory.
     """
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int) -> None:
+    def __init__(
+        self, runner: web.AppRunner, host: str, port: int, max_connections: int, *, reuse_port: bool = False
+    ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._max = max_connections
+        self._reuse_port = reuse_port
         body = json.dumps(Overloaded("Too many connections (limits.max_connections); retry shortly").envelope())
         self._reply = _OVERLOADED % (len(body), body.encode())
 
@@ -92,7 +100,9 @@ class CappedSite(web.BaseSite):
                 return _Refuse(self._reply)
             return server()
 
-        self._server = await loop.create_server(factory, self._host, self._port, reuse_address=True)
+        self._server = await loop.create_server(
+            factory, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None
+        )
 
 
 def make_runner(app: web.Application, config: Config) -> web.AppRunner:
@@ -111,8 +121,7 @@ def run(
 ) -> int:
     """Serve until SIGTERM or SIGINT. Returns the process exit status."""
     logs.configure(config.logging)
-    host = host or config.listen.host
-    port = config.listen.port if port is None else port
+    host, port = listen_address(config, host, port)
     app = create_app(config, loader=loader)
     _log.info(
         "starting",
@@ -122,17 +131,49 @@ def run(
         upstreams=[u.name for u in config.upstreams],
         config=config.source,
     )
+    return run_app(app, config, host, port)
+
+
+def listen_address(config: Config, host: str | None, port: int | None) -> tuple[str, int]:
+    """``--host``/``--port`` over the configuration's ``listen``."""
+    return host or config.listen.host, config.listen.port if port is None else port
+
+
+def run_app(
+    app: web.Application,
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    worker: bool = False,
+    on_listening: Callable[[], None] | None = None,
+) -> int:
+    """Run :func:`serve` on a fresh uvloop loop; 1 if ``host:port`` cannot be bound."""
     with asyncio.Runner(loop_factory=_loop_factory) as runner:
         try:
-            runner.run(serve(app, config, host, port))
+            runner.run(serve(app, config, host, port, worker=worker, on_listening=on_listening))
         except OSError as exc:
             print(f"airgap-proxy: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
             return 1
     return 0
 
 
-async def serve(app: web.Application, config: Config, host: str, port: int) -> None:
-    """Listen on ``host:port`` until a stop signal, then drain and clean up."""
+async def serve(
+    app: web.Application,
+    config: Config,
+    host: str,
+    port: int,
+    *,
+    worker: bool = False,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Listen on ``host:port`` until a stop signal, then drain and clean up.
+
+    ``worker``: one of several processes sharing the port (``SO_REUSEPORT``).
+    A worker starts with the stop and reload signals blocked (so that one sent
+    while it starts waits instead of killing it); they are unblocked once the
+    handlers are in place. ``on_listening`` runs once the socket is bound.
+    """
     loop = asyncio.get_running_loop()
     runner = make_runner(app, config)
     await runner.setup()
@@ -146,11 +187,14 @@ async def serve(app: web.Application, config: Config, host: str, port: int) -> N
 
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     try:
-        await CappedSite(runner, host, port, config.limits.max_connections).start()
+        await CappedSite(runner, host, port, config.limits.max_connections, reuse_port=worker).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
         _log.info("listening", host=host, port=port)
+        if on_listening is not None:
+            on_listening()
         await stop.wait()
         for site in list(runner.sites):
             await site.stop()
@@ -158,6 +202,8 @@ async def serve(app: web.Application, config: Config, host: str, port: int) -> N
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+            if worker:  # a second SIGTERM (systemd signals the whole group, then so does the supervisor)
+                signal.signal(sig, signal.SIG_IGN)
         for task in list(reloads):
             task.cancel()
         await asyncio.gather(*reloads, return_exceptions=True)

@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from airgap_proxy import health, policy, routing
 from airgap_proxy.config import Config, ProviderType, UpstreamConfig
 from airgap_proxy.egress import EgressClient
@@ -150,9 +148,8 @@ async def probe_endpoint(egress: EgressClient, upstream: UpstreamConfig, timeout
     if url is None:
         return Probe(False, "the base URL is invalid")
     headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
-        response = await egress.request("GET", url, headers=headers, body=None, request_timeout=timeout)
+        response = await egress.request("GET", url, headers=headers, body=None, timeout_s=timeout_s)
         try:
             body = await egress.read_limited(response, MAX_PROBE_BODY)
         finally:

@@ -125,11 +125,14 @@ def _is_aiohttp_request(func: ast.expr) -> bool:
     )
 
 
-def test_egress_module_disables_redirects_and_proxy_env() -> None:
-    source = (PACKAGE / "egress.py").read_text()
-    assert "allow_redirects=False" in source
-    assert "trust_env=False" in source
-    assert source.count("ClientSession(") == 1
+def test_the_egress_client_has_no_proxy_or_redirect_machinery() -> None:
+    """The one client is our own: it cannot read proxy variables or follow a ``Location``."""
+    for name in ("egress.py", "http1.py"):
+        source = (PACKAGE / name).read_text()
+        for needle in ("environ", "getproxies", "trust_env", "Location", "ClientSession"):
+            assert needle not in source, f"{name} mentions {needle}"
+    for path in PACKAGE.rglob("*.py"):
+        assert "ClientSession(" not in path.read_text(), f"{path.name} creates an aiohttp client session"
 
 
 def test_only_cli_reads_the_environment() -> None:

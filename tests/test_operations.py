@@ -305,7 +305,7 @@ async def test_reload_swaps_upstreams_while_an_in_flight_stream_finishes_on_the_
         assert stream.headers["X-Airgap-Upstream"] == "old"
         await asyncio.wait_for(app[STATE].retiring, 5)  # type: ignore[arg-type]
     assert [e["generation"] for e in logs if e["event"] == "config_generation_closed"] == [1]
-    assert old_egress._session is None  # the old outbound client is closed
+    assert not old_egress.running  # the old outbound client is closed
     assert len(old_fake.received) == 1 and len(new_fake.received) == 1
 
 

@@ -36,6 +36,7 @@ import time
 import aiohttp
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDict
 
 from airgap_proxy import crypto, fallback_http, policy, routing, tenants, usage
 from airgap_proxy import payload as payload_mod
@@ -55,11 +56,13 @@ from airgap_proxy.errors import (
     UpstreamError,
 )
 from airgap_proxy.headers import (
+    OVERHEAD_HEADER,
     REQUEST_ID_HEADER,
     UPSTREAM_HEADER,
     client_response_headers,
     upstream_request_headers,
 )
+from airgap_proxy.http1 import UpstreamResponse
 from airgap_proxy.logs import get_logger
 from airgap_proxy.metrics import METRICS
 from airgap_proxy.state import AUDIT_KEY, GENERATION_KEY, STATE, Generation
@@ -80,11 +83,18 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
     declared = request.content_length
     if declared is not None and declared > limit:
         raise RequestTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
+    content = request.content
+    if content.is_eof():
+        # The whole body came with the head (the usual case): no wait, no timer.
+        body = content.read_nowait()
+        if len(body) > limit:
+            raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
+        return body
     chunks = []
     size = 0
     try:
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.content.iter_any():
+            async for chunk in content.iter_any():
                 size += len(chunk)
                 if size > limit:
                     raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
@@ -121,7 +131,9 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     )
     audit.tenant = identity.tenant
     tail = upstream_path(request.rel_url.raw_path)
+    waiting = time.perf_counter()
     body = await read_body(request, config.limits.max_body_bytes, config.timeouts.client_body_s)
+    audit.waited_s += time.perf_counter() - waiting
     parsed = payload_mod.parse_payload(tail, request.method, body, request.content_type)
     audit.stream = parsed.stream
     model = routing.requested_model(parsed.model, config.default_model)
@@ -270,13 +282,13 @@ def _record_policy(runtime: UpstreamRuntime, audit: Audit) -> None:
 
 async def _send(
     request: web.Request, gen: Generation, upstream: UpstreamConfig, *, tail: str, body: bytes, audit: Audit
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     assert upstream.target is not None  # invalid targets are never permitted
     url = upstream_url(upstream.target.url, tail, request.rel_url.raw_query_string)
     headers = upstream_request_headers(request.headers, upstream.api_key, audit.request_id)
     # Which tenant a request is for is the proxy's business, not the upstream's.
     headers.popall(TENANT_HEADER, None)
-    request[_SENT_AT] = time.perf_counter()
+    sent_at = request[_SENT_AT] = time.perf_counter()
     try:
         return await gen.egress.request(request.method, url, headers=headers, body=body or None)
     except AirgapViolation as exc:
@@ -285,6 +297,8 @@ async def _send(
         audit.reason = exc.message
         audit.rule = refused.rule.value if refused else None
         raise
+    finally:
+        audit.waited_s += time.perf_counter() - sent_at
 
 
 def _connect_refusal(exc: BaseException) -> policy.Decision | None:
@@ -300,25 +314,29 @@ def _connect_refusal(exc: BaseException) -> policy.Decision | None:
     return None
 
 
-async def _relay(
-    request: web.Request, gen: Generation, upstream: aiohttp.ClientResponse, audit: Audit
-) -> web.StreamResponse:
+async def _relay(request: web.Request, gen: Generation, upstream: UpstreamResponse, audit: Audit) -> web.StreamResponse:
     if 300 <= upstream.status < 400 and upstream.status != 304:
         # Never followed, and never handed to the client to follow either.
         raise UpstreamError(f"upstream answered with a redirect ({upstream.status}), which is never followed")
     headers = client_response_headers(upstream.headers)
     headers[REQUEST_ID_HEADER] = audit.request_id
     headers[UPSTREAM_HEADER] = audit.upstream or ""
+    audit.status = upstream.status
+    sent_at = request.get(_SENT_AT)
     is_sse = upstream.content_type == SSE_CONTENT_TYPE
+    if not is_sse:
+        body = upstream.body_if_complete()
+        if body is not None:
+            # All of it is here already: one response, one write.
+            return _whole(upstream, headers=headers, body=body, audit=audit, sent_at=sent_at)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if is_sse:
         response.headers["X-Accel-Buffering"] = "no"
         response.headers.setdefault("Cache-Control", "no-cache")
     elif upstream.content_length is not None and "Content-Encoding" not in upstream.headers:
         response.content_length = upstream.content_length
-    audit.status = upstream.status
-    sent_at = request.get(_SENT_AT)
     streams = request.app[METRICS].active_streams
+    response.headers[OVERHEAD_HEADER] = audit.overhead(time.perf_counter())
     await response.prepare(request)
     tail = b""
     if is_sse:
@@ -353,6 +371,23 @@ async def _relay(
     await response.write_eof()
     audit.prompt_tokens, audit.completion_tokens = usage.tokens(tail)
     return response
+
+
+def _whole(
+    upstream: UpstreamResponse,
+    *,
+    headers: CIMultiDict[str],
+    body: bytes,
+    audit: Audit,
+    sent_at: float | None,
+) -> web.Response:
+    """A response whose body had fully arrived with its head: relayed in one piece."""
+    if sent_at is not None:
+        audit.upstream_first_byte_s = audit.upstream_total_s = time.perf_counter() - sent_at
+    audit.bytes_out = len(body)
+    audit.prompt_tokens, audit.completion_tokens = usage.tokens(body[-usage.TAIL_BYTES :])
+    headers[OVERHEAD_HEADER] = audit.overhead(time.perf_counter())
+    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
 
 def sse_error(error: ProxyError) -> bytes:

@@ -10,7 +10,8 @@ that object (a file edited between the check and a spawned worker's own parse
 cannot make workers disagree), and imports are paid once. Forking is safe here
 because at that point the supervisor has no event loop, no thread, no open
 tenant store and no socket: the port check below runs on a throw-away loop
-that is closed, its resolver threads joined, before the first fork.
+that is closed, its resolver threads joined, and the tenant store it prepares
+is closed, before the first fork.
 
 The supervisor, in order:
 
@@ -21,18 +22,20 @@ The supervisor, in order:
    between this check and the first worker's bind wins it (the workers then
    fail to start and the supervisor exits 1), or, if it too uses
    ``SO_REUSEPORT`` under the same user, shares it.
-2. Forks the workers, with the stop and reload signals blocked until each
+2. Creates or upgrades the tenant store if the workers will open it
+   (:func:`prepare_tenant_store`; an unusable store exits 1 here).
+3. Forks the workers, with the stop and reload signals blocked until each
    worker's loop has its handlers, and waits until every worker listens
    (``workers_started``). A worker that exits before then fails the start:
    the others are stopped and the exit status is 1.
-3. Forwards ``SIGTERM``/``SIGINT`` once to each worker (graceful drain), exits
+4. Forwards ``SIGTERM``/``SIGINT`` once to each worker (graceful drain), exits
    0 when all have exited; a worker still alive after
    ``timeouts.shutdown_grace_s`` + :data:`KILL_MARGIN_S` is killed. A second
    stop signal kills the workers at once.
-4. Forwards ``SIGHUP``: every worker reloads the file itself. A worker started
+5. Forwards ``SIGHUP``: every worker reloads the file itself. A worker started
    later (a replacement) gets a ``SIGHUP`` as it starts if any reload happened,
    so it runs the same file as the others.
-5. Replaces a worker that exits unexpectedly, at most one start per
+6. Replaces a worker that exits unexpectedly, at most one start per
    :data:`RESTART_INTERVAL_S`; :data:`CRASH_LIMIT` abnormal exits within
    :data:`CRASH_WINDOW_S` mean a crash loop: it stops the others and exits 1.
 
@@ -59,7 +62,7 @@ from typing import TextIO
 from airgap_proxy import logs, reload, server
 from airgap_proxy.app import create_app
 from airgap_proxy.config import Config, ConfigError
-from airgap_proxy.tenant_store import StoreError
+from airgap_proxy.tenant_store import StoreError, TenantStore
 
 KILL_MARGIN_S = 5.0
 RESTART_INTERVAL_S = 1.0
@@ -92,9 +95,10 @@ class Phase(enum.Enum):
 
 @dataclass
 class Worker:
+    """A forked worker; ``ready_fd`` reads one byte once it listens (-1 once closed)."""
+
     pid: int
     ready_fd: int
-    started_at: float
     ready: bool = False
 
 
@@ -285,9 +289,8 @@ class Supervisor:
             self._in_child(parent, write)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         os.close(write)
-        now = time.monotonic()
-        self.last_start = now
-        worker = Worker(pid=pid, ready_fd=read, started_at=now)
+        self.last_start = time.monotonic()
+        worker = Worker(pid=pid, ready_fd=read)
         self.workers[pid] = worker
         self._selector.register(read, selectors.EVENT_READ, worker)
         if replacement:
@@ -418,4 +421,25 @@ def supervise(
         upstreams=[u.name for u in config.upstreams],
         config=config.source,
     )
+    prepare_tenant_store(config)
     return Supervisor(config, host, port, count, loader).run()
+
+
+def prepare_tenant_store(config: Config) -> None:
+    """Create or upgrade the tenant store once, before the workers open it together.
+
+    The workers open it as a single process does (always with the admin API
+    on, else only if the file exists). Several connections racing to turn a
+    new file into a WAL database can fail at once with "database is locked",
+    without waiting out the busy timeout; an existing WAL file opens
+    concurrently without trouble. The connection is closed before any fork.
+    Raises :class:`StoreError` if the store cannot be opened.
+    """
+    path = config.tenants.store
+    if config.admin.token is None and not TenantStore.exists(path):
+        return
+    store = TenantStore(path)
+    try:
+        store.open()
+    finally:
+        store.close()

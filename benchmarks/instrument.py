@@ -8,12 +8,14 @@ Not a test and not product code. It answers, with HTTP/1.1 keep-alive:
   ``[DONE]``, chunked transfer encoding. Query parameters shape it:
   ``chunks`` (default 20) and ``pace_ms`` (default 0: every chunk written at
   once, each as its own write; above 0, one chunk every ``pace_ms``).
+  Their defaults can be changed on the command line, for clients (LiteLLM)
+  that do not pass a query string on.
 
 So that the load generator and the proxy, not this instrument, are what a
 benchmark measures, it does the least work possible: no HTTP framework, one
 pre-built response per shape.
 
-    python benchmarks/instrument.py PORT
+    python benchmarks/instrument.py PORT [CHUNKS [PACE_MS]]
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ LAST_CHUNKS = _chunk(LAST) + b"0\r\n\r\n"
 
 
 class Upstream(asyncio.Protocol):
+    chunks = 20
+    pace_ms = 0.0
+
     def __init__(self) -> None:
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
@@ -112,7 +117,7 @@ class Upstream(asyncio.Protocol):
             return
         _, _, query = line[1].partition(b"?")
         params = dict(parse_qsl(query.decode()))
-        chunks, pace_ms = int(params.get("chunks", 20)), float(params.get("pace_ms", 0))
+        chunks, pace_ms = int(params.get("chunks", self.chunks)), float(params.get("pace_ms", self.pace_ms))
         self.transport.write(STREAM_HEAD)
         if pace_ms <= 0:
             for _ in range(chunks):
@@ -139,4 +144,8 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        Upstream.chunks = int(sys.argv[2])
+    if len(sys.argv) > 3:
+        Upstream.pace_ms = float(sys.argv[3])
     uvloop.run(main(int(sys.argv[1])))

@@ -19,6 +19,7 @@ more on a new connection, never after any byte of a response.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import NamedTuple, cast
@@ -33,6 +34,10 @@ _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 IDLE_S = 4.0
+# RFC 9110 token: what a header name may be. Names repeat, so valid ones are remembered.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TOKENS_SEEN: set[str] = set()
+_TOKENS_CACHE = 4096
 # How often timeouts of requests in flight are checked (their resolution).
 SWEEP_S = 0.1
 
@@ -181,7 +186,7 @@ class Http1Connection(asyncio.Protocol):
         self._last_read = self.loop.time()
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, UpstreamError):
             self._abort(UpstreamError("upstream sent an invalid HTTP response"))
 
     def eof_received(self) -> bool:
@@ -198,15 +203,22 @@ class Http1Connection(asyncio.Protocol):
                 StaleConnection() if not self._received else UpstreamError("upstream closed the connection")
             )
             self._set_head(error)
-        elif self._until_close and response.status:
+        elif self._until_close and response.status and exc is None:
             response._finish()
         else:
             response._fail(UpstreamError("upstream response was cut short"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        response = self._response
+        if response is not None and response.complete:
+            # A second response to one request (a desync attempt): the parser stops
+            # here, the connection is closed, the complete response stays as it was.
+            raise UpstreamError("upstream sent more than one response")
+
     def on_status(self, status: bytes) -> None:
         assert self._response is not None
-        self._response.reason = status.decode("latin-1")
+        self._response.reason += status.decode("latin-1")  # llhttp may hand it over in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
@@ -221,6 +233,7 @@ class Http1Connection(asyncio.Protocol):
                 return
             self._informational = True  # 100 Continue, 103 Early Hints: not the answer
             self._headers = []
+            response.reason = ""
             return
         headers = CIMultiDict(self._headers)
         self._headers = []
@@ -245,6 +258,7 @@ class Http1Connection(asyncio.Protocol):
             self._response._feed(body)
 
     def on_message_complete(self) -> None:
+        self._headers = []  # chunked trailer fields: never relayed, never kept for the next response
         if self._informational:
             self._informational = False
             return
@@ -296,6 +310,7 @@ class Http1Connection(asyncio.Protocol):
             and self._keep_alive
         )
         if reusable:
+            self.resume()  # a body that completed while reading was paused leaves the transport paused
             self._pool.put(self)
         else:
             self.close()
@@ -382,8 +397,8 @@ class Http1Pool:
         deadline = None if timeout_s is None else loop.time() + timeout_s
         read_timeout_s = self._read_timeout_s if timeout_s is None else min(self._read_timeout_s, timeout_s)
         no_body = method == "HEAD"
-        for _ in range(2):
-            conn = self._take(origin, loop.time())
+        for attempt in range(2):
+            conn = self._take(origin, loop.time()) if attempt == 0 else None  # the resend never reuses
             reused = conn is not None
             if conn is None:
                 if deadline is None:
@@ -433,10 +448,7 @@ class Http1Pool:
         return None
 
     def close(self) -> None:
-        self._closed = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
+        self._closed = True  # requests in flight keep their timeouts: the sweep ends when they do
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()
@@ -452,8 +464,13 @@ def _request_head(
     for name, value in headers:
         if name.lower() in _FRAMING:
             continue
-        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-            raise UpstreamError("a header for the upstream contains a line break")
+        if name not in _TOKENS_SEEN:
+            if not _TOKEN.fullmatch(name):
+                raise UpstreamError("a header name for the upstream is not an HTTP token")
+            if len(_TOKENS_SEEN) < _TOKENS_CACHE:
+                _TOKENS_SEEN.add(name)
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise UpstreamError("a header value for the upstream contains a line break or NUL")
         lines.append(f"{name}: {value}")
     if body or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body) if body else 0}")

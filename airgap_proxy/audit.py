@@ -53,8 +53,9 @@ class Audit:
 
     def overhead(self, now: float) -> str:
         """Milliseconds spent inside the proxy until ``now``, waits excluded; recorded for the log."""
-        self.overhead_ms = round(max(0.0, now - self.started - self.waited_s) * 1000, 3)
-        return f"{self.overhead_ms:.3f}"
+        text = "%.3f" % (max(0.0, now - self.started - self.waited_s) * 1000)
+        self.overhead_ms = float(text)
+        return text
 
     def fields(self, duration_ms: float) -> dict[str, Any]:
         return {

@@ -43,6 +43,8 @@ CLIENT_ONLY = frozenset(
         "x-request-id",
         "x-forwarded-for",
         "forwarded",
+        # Which tenant a request is for is the proxy's business (tenants.TENANT_HEADER).
+        "x-tenant-id",
     }
 )
 UPSTREAM_ONLY = frozenset({"content-length", "set-cookie", "server", "date", "x-request-id"})
@@ -78,12 +80,18 @@ def _filtered(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[s
 
 def upstream_request_headers(
     client_headers: Mapping[str, str], api_key: str | None, request_id: str
-) -> CIMultiDict[str]:
-    """Headers to send upstream for a client's request."""
-    out = _filtered(client_headers, _TO_UPSTREAM_DROPPED)
+) -> list[tuple[str, str]]:
+    """Headers to send upstream for a client's request, in the client's order."""
+    listed = _connection_listed(client_headers)
+    dropped = _TO_UPSTREAM_DROPPED | listed if listed else _TO_UPSTREAM_DROPPED
+    out = [
+        (name, value)
+        for name, value in client_headers.items()
+        if (lowered := name.lower()) not in dropped and not lowered.startswith("x-airgap-")
+    ]
     if api_key:
-        out["Authorization"] = f"Bearer {api_key}"
-    out[REQUEST_ID_HEADER] = request_id
+        out.append(("Authorization", f"Bearer {api_key}"))
+    out.append((REQUEST_ID_HEADER, request_id))
     return out
 
 

@@ -20,6 +20,7 @@ from airgap_proxy.egress import EgressClient
 from airgap_proxy.errors import ProxyError, UpstreamTimeout
 from airgap_proxy.logs import get_logger
 
+ROUTE_CACHE = 1024
 _log = get_logger("airgap_proxy.health")
 
 # Path of the free health endpoint per provider type: absolute paths are taken
@@ -91,6 +92,22 @@ class UpstreamPool:
                 self.runtimes[upstream.name] = old
             else:
                 self.runtimes[upstream.name] = UpstreamRuntime(upstream, decision)
+        self._routes: dict[str | None, tuple[list[routing.Candidate], list[routing.Candidate]]] = {}
+
+    def route(self, model: str | None) -> tuple[list[routing.Candidate], list[routing.Candidate]]:
+        """The candidates for ``model`` and those of them the policy permits.
+
+        Both depend only on this generation's configuration and load-time
+        verdicts, so they are computed once per model (for at most
+        :data:`ROUTE_CACHE` model names: clients choose them).
+        """
+        found = self._routes.get(model)
+        if found is None:
+            candidates = routing.route(self.config.upstreams, model)
+            found = (candidates, [c for c in candidates if self.permitted(c.upstream.name)])
+            if len(self._routes) < ROUTE_CACHE:
+                self._routes[model] = found
+        return found
 
     def permitted(self, name: str) -> bool:
         """May traffic go to this upstream? (Names are re-checked at connect time.)"""

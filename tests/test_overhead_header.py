@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from airgap_proxy.app import create_app
 from tests.conftest import make_config
 from tests.fakes import FakeUpstream
@@ -55,8 +57,6 @@ async def test_fallback_answers_and_errors_carry_it_too(aiohttp_client: Any) -> 
 
 
 async def test_the_audit_event_records_the_same_value(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
-    from structlog.testing import capture_logs  # noqa: PLC0415 - local to the one test that uses it
-
     _, base = upstream
     client = await aiohttp_client(create_app(make_config(None, {"LLM_BASE_URL": base})))
     with capture_logs() as logs:

@@ -148,8 +148,7 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     if not config.upstreams:
         return await fallback_http.respond(request, gen, tail, parsed, model, forced=False)
     pool = gen.pool
-    candidates = routing.route(config.upstreams, model)
-    permitted = [c for c in candidates if pool.permitted(c.upstream.name)]
+    candidates, permitted = pool.route(model)
     if not permitted:
         _refuse(gen, candidates[0].upstream.name, audit)
     attempts = routing.plan([c for c in permitted if not pool.full(c.upstream.name)], pool.view)
@@ -286,8 +285,6 @@ async def _send(
     assert upstream.target is not None  # invalid targets are never permitted
     url = upstream_url(upstream.target.url, tail, request.rel_url.raw_query_string)
     headers = upstream_request_headers(request.headers, upstream.api_key, audit.request_id)
-    # Which tenant a request is for is the proxy's business, not the upstream's.
-    headers.popall(TENANT_HEADER, None)
     sent_at = request[_SENT_AT] = time.perf_counter()
     try:
         return await gen.egress.request(request.method, url, headers=headers, body=body or None)

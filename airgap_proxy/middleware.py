@@ -135,15 +135,29 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             response.headers[OVERHEAD_HEADER] = audit.overhead(time.perf_counter())
     if audit.status == 0:
         audit.status = response.status
-    _emit(request, audit, started)
     if hang_up and request.transport is not None:
         # Answer, then hang up: waiting for the rest of a slow or broken body
         # (aiohttp lingers up to 10 s for it) would let a client hold the connection.
         response.force_close()
+        await _send_now(request, response, audit, started)
+        request.transport.close()
+    elif not response.prepared:
+        # The client gets its answer first; the audit line and metrics follow,
+        # off the latency path (aiohttp's own send afterwards finds it done).
+        await _send_now(request, response, audit, started)
+    _emit(request, audit, started)
+    return response
+
+
+async def _send_now(request: web.Request, response: web.StreamResponse, audit: Audit, started: float) -> None:
+    try:
         await response.prepare(request)
         await response.write_eof()
-        request.transport.close()
-    return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        audit.status = 499
+        audit.error = "client disconnected"
+        _emit(request, audit, started)
+        raise
 
 
 def _fail(audit: Audit, error: ProxyError, request_id: str) -> web.Response:

@@ -8,11 +8,12 @@ bytes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 import orjson
 import structlog
@@ -20,6 +21,8 @@ import structlog
 from airgap_proxy.config import LogFormat, LoggingConfig
 
 AUDIT_EVENT = "request"
+# Writes of at most this size to a pipe are atomic (POSIX guarantees 512; Linux gives 4096).
+PIPE_BUF = 4096
 
 
 class _UtcTimestamp:
@@ -54,6 +57,25 @@ class _Fast:
     timestamp = _UtcTimestamp()
     file: Any = None
     level = logging.INFO
+    # Audit lines of one turn of the event loop, written together at its end.
+    pending: ClassVar[list[bytes]] = []
+    pending_size = 0
+    flush_scheduled = False
+
+
+def flush() -> None:
+    """Write the audit lines waiting for the end of this turn of the event loop.
+
+    Whole lines in one ``write`` of at most :data:`PIPE_BUF` bytes, so that the
+    lines of several worker processes sharing one pipe never interleave.
+    """
+    _Fast.flush_scheduled = False
+    if _Fast.pending:
+        data = b"".join(_Fast.pending)
+        _Fast.pending.clear()
+        _Fast.pending_size = 0
+        _Fast.file.write(data)
+        _Fast.file.flush()
 
 
 def emit(logger: Any, level: int, event: str, fields: dict[str, Any]) -> None:
@@ -64,8 +86,17 @@ def emit(logger: Any, level: int, event: str, fields: dict[str, Any]) -> None:
         fields["event"] = event
         fields["level"] = "warning" if level == logging.WARNING else "info"
         _Fast.timestamp(None, "", fields)
-        _Fast.file.write(orjson.dumps(fields, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE))
-        _Fast.file.flush()
+        line = orjson.dumps(fields, default=str, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
+        if _Fast.pending_size + len(line) > PIPE_BUF:
+            flush()
+        _Fast.pending.append(line)
+        _Fast.pending_size += len(line)
+        if not _Fast.flush_scheduled:
+            try:
+                asyncio.get_running_loop().call_soon(flush)
+                _Fast.flush_scheduled = True
+            except RuntimeError:
+                flush()
     elif level == logging.WARNING:
         logger.warning(event, **fields)
     else:
@@ -96,6 +127,8 @@ def configure(config: LoggingConfig, stream: TextIO | None = None) -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    if _Fast.file is not None:
+        flush()
     fast = use_json and binary is not None
     _Fast.processors = structlog.get_config()["processors"] if fast else None
     _Fast.file = binary

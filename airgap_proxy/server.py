@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import sys
@@ -177,6 +178,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     runner = make_runner(app, config)
     await runner.setup()
+    # What start-up built lives as long as the process: keep it out of the
+    # collector's way, so that full collections under load scan only what
+    # requests allocate (fewer and shorter pauses).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
 
@@ -209,6 +215,7 @@ async def serve(
         await asyncio.gather(*reloads, return_exceptions=True)
         started = time.monotonic()
         await runner.cleanup()
+        logs.flush()  # audit lines still waiting for the end of the loop's turn
         _log.info("stopped", drain_s=round(time.monotonic() - started, 3))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from airgap_proxy.fallback import pattern
@@ -172,6 +172,7 @@ def test_word_pieces_and_fragments_join_back(text: str) -> None:
 
 
 @given(st.text(max_size=200), st.integers(0, 60))
+@example(text=" 0000", limit=1)  # a leading space, then a word longer than the budget
 def test_truncate_is_a_prefix_within_the_budget(text: str, limit: int) -> None:
     cut = truncate(text, limit)
     assert text.startswith(cut)

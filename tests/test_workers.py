@@ -359,7 +359,9 @@ async def test_two_workers_both_answer_and_sigterm_stops_them_with_status_0(prox
         assert answer.json()["object"] == "chat.completion"
 
     await assert_every_worker_answers(proxy, pids, deterministic)
-    # Each worker counts its own requests: /metrics is per process.
+    # One audit line per request, whichever worker answered (each follows its
+    # response by a moment: the answer leaves first).
+    await proxy.event("request", FRESH_CONNECTIONS)
     assert len([e for e in proxy.events if e["event"] == "request"]) == FRESH_CONNECTIONS
 
     proxy.process.send_signal(signal.SIGTERM)

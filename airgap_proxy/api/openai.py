@@ -110,6 +110,8 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
 def upstream_path(raw_path: str) -> str:
     """The path after ``/v1/``, refusing dot segments that could escape it."""
     tail = raw_path[len("/v1/") :] if raw_path.startswith("/v1/") else ""
+    if "." not in tail and "%" not in tail:
+        return tail  # no dot segment can hide in it
     for segment in tail.split("/"):
         if segment.lower() in _FORBIDDEN_SEGMENTS:
             raise InvalidRequest("Path contains dot segments")

@@ -81,8 +81,8 @@ def truncate(text: str, max_tokens: int) -> str:
             break
         end = match.end()
     if end == 0:
-        first = _WORD.search(text)
-        return text[first.start() : budget] if first is not None and first.start() < budget else ""
+        # The first word alone is over the budget: cut it (still a prefix).
+        return text[:budget] if _WORD.search(text[:budget]) else ""
     return text[:end]
 
 

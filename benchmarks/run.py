@@ -113,41 +113,46 @@ def start_target(name: str, fleet: Fleet, upstream: Server, settings: Settings) 
 def run_suite(
     fleet: Fleet, settings: Settings, targets: list[str], only: list[str], started: float, rows: list[Row]
 ) -> None:
-    """The per-target scenarios, target after target; rows are appended as they come (kept on Ctrl-C)."""
+    """The per-target scenarios; rows are appended as they come (kept on Ctrl-C).
+
+    Every target is started first; then each scenario runs on one target after
+    the other. The rows compared in a ratio are so measured within a minute
+    of each other: on a shared machine, whose speed drifts over minutes, that
+    matters more than anything else.
+    """
     suite = [key for key in scenarios.SUITE if key in only]
     if not suite:
         return
     upstream = fleet.instrument()
-    for name in targets:
-        log(started, f"{name}: starting")
-        try:
-            target = start_target(name, fleet, upstream, settings)
-        except LookupError as exc:
-            log(started, f"{name}: skipped: {exc}")
-            rows.append(Row("(all)", name, notes=f"skipped: {exc}"))
-            continue
-        except Exception as exc:
-            rows.append(Row("(all)", name, error=f"did not start: {exc}"))
-            continue
-        try:
+    running: list[Target] = []
+    try:
+        for name in targets:
+            log(started, f"{name}: starting")
+            try:
+                target = start_target(name, fleet, upstream, settings)
+            except LookupError as exc:
+                log(started, f"{name}: skipped: {exc}")
+                rows.append(Row("(all)", name, notes=f"skipped: {exc}"))
+                continue
+            except Exception as exc:
+                rows.append(Row("(all)", name, error=f"did not start: {exc}"))
+                continue
             time.sleep(0.5)
             if target.measured:
                 target.idle_mib = memory_mib(target.server.pid)
             scenarios.warm_up(target, settings)
-            for key in suite:
-                log(started, f"{name}: {key}")
+            running.append(target)
+        for key in suite:
+            for target in running:
+                log(started, f"{target.name}: {key}")
                 settle(target.server.pid)
                 try:
                     rows.append(scenarios.SUITE[key](target, settings))
                 except Exception as exc:
-                    rows.append(Row(key, name, error=f"{type(exc).__name__}: {exc}"))
-        finally:
-            if target.server is not upstream:
-                fleet.stop(target.server)
-            for server in list(fleet.servers):
-                if server is not upstream:  # LiteLLM's paced instrument
-                    fleet.stop(server)
-    fleet.stop(upstream)
+                    rows.append(Row(key, target.name, error=f"{type(exc).__name__}: {exc}"))
+    finally:
+        for server in list(fleet.servers):
+            fleet.stop(server)
 
 
 def run_others(fleet: Fleet, settings: Settings, only: list[str], started: float, rows: list[Row]) -> None:

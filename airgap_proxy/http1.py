@@ -32,7 +32,6 @@ from airgap_proxy.errors import UpstreamError, UpstreamTimeout
 # Framing is ours: these are never taken from the caller's headers.
 _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"})
 _HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
 IDLE_S = 4.0
 # RFC 9110 token: what a header name may be. Names repeat, so valid ones are remembered.
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

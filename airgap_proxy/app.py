@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from airgap_proxy.api import admin, health, openai, status, unknown
 from airgap_proxy.config import Config
 from airgap_proxy.metrics import METRICS, Metrics, metrics_endpoint
 from airgap_proxy.middleware import expect_handler, request_middleware
+from airgap_proxy.router import Router
 from airgap_proxy.state import STATE, AppState
 
 # After the server has drained, how long closing the last replaced generation may take.
@@ -29,7 +31,12 @@ def create_app(
     endpoint): the same loader and environment as at start-up. Without it a
     reload is refused.
     """
-    app = web.Application(middlewares=[request_middleware], client_max_size=config.limits.max_body_bytes)
+    with warnings.catch_warnings():
+        # aiohttp deprecates passing a router; ours only changes what unmatched requests do with Expect.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        app = web.Application(
+            router=Router(), middlewares=[request_middleware], client_max_size=config.limits.max_body_bytes
+        )
     if loader is not None:
         app[reload.LOADER] = loader
     if resolver is not None:

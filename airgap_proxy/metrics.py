@@ -8,15 +8,17 @@ metric is described in ``docs/metrics.md``.
 
 from __future__ import annotations
 
+import itertools
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.health import HealthStatus
@@ -98,60 +100,111 @@ class _UpstreamCollector(Collector):
         yield in_flight
 
 
+class _Counter:
+    """A labelled counter kept as plain numbers (the event loop is its only writer)."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, value in self.values.items():
+            family.add_metric(list(key), value)
+        return family
+
+
+class _Histogram:
+    """A labelled histogram kept as per-bucket counts; one bisection per observation."""
+
+    def __init__(self, name: str, documentation: str, labels: list[str], bounds: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.bounds = bounds
+        self._les = [floatToGoString(b) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self.counts: dict[tuple[str, ...], list[int]] = {}
+        self.sums: dict[tuple[str, ...], float] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        counts = self.counts.get(key)
+        if counts is None:
+            counts = self.counts[key] = [0] * (len(self.bounds) + 1)
+            self.sums[key] = 0.0
+        counts[bisect_left(self.bounds, value)] += 1  # buckets are "less than or equal"
+        self.sums[key] += value
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, counts in self.counts.items():
+            cumulative = list(itertools.accumulate(counts))
+            family.add_metric(list(key), list(zip(self._les, cumulative, strict=True)), self.sums[key])
+        return family
+
+
+class _RequestMetrics(Collector):
+    """The per-request metrics: fed on the hot path as plain numbers, exported at scrape time."""
+
+    def __init__(self) -> None:
+        self.requests = _Counter(
+            f"{PREFIX}_requests",
+            "Requests answered, by route, upstream, HTTP status and decision.",
+            ["route", "upstream", "status", "decision"],
+        )
+        self.request_duration = _Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "Time from request to last byte sent, by route.",
+            ["route"],
+            LATENCY_BUCKETS,
+        )
+        self.violations = _Counter(
+            f"{PREFIX}_airgap_violations",
+            "Requests whose target the policy refused (action block) or would refuse (would_block), by rule.",
+            ["rule", "action"],
+        )
+        self.fallbacks = _Counter(
+            f"{PREFIX}_fallback_responses", "Responses from the deterministic fallback, by kind.", ["kind"]
+        )
+        self.errors = _Counter(f"{PREFIX}_errors", "Error responses and stream errors, by error code.", ["code"])
+        self.first_byte = _Histogram(
+            f"{PREFIX}_upstream_first_byte_seconds",
+            "Time from sending a request upstream to its first body byte (time to first token), by upstream.",
+            ["upstream"],
+            LATENCY_BUCKETS,
+        )
+        self.upstream_duration = _Histogram(
+            f"{PREFIX}_upstream_duration_seconds",
+            "Time from sending a request upstream to its last body byte, by upstream.",
+            ["upstream"],
+            LATENCY_BUCKETS,
+        )
+        self.tokens = _Counter(
+            f"{PREFIX}_tokens", "Tokens reported in responses' usage, by upstream and kind.", ["upstream", "kind"]
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in (
+            self.requests,
+            self.request_duration,
+            self.violations,
+            self.fallbacks,
+            self.errors,
+            self.first_byte,
+            self.upstream_duration,
+            self.tokens,
+        ):
+            yield metric.family()
+
+
 class Metrics:
     """The proxy's metrics in their own registry (never the global one)."""
 
     def __init__(self, pool: Callable[[], UpstreamPool], in_flight: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.requests = Counter(
-            f"{PREFIX}_requests",
-            "Requests answered, by route, upstream, HTTP status and decision.",
-            ["route", "upstream", "status", "decision"],
-            registry=registry,
-        )
-        self.request_duration = Histogram(
-            f"{PREFIX}_request_duration_seconds",
-            "Time from request to last byte sent, by route.",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.violations = Counter(
-            f"{PREFIX}_airgap_violations",
-            "Requests whose target the policy refused (action block) or would refuse (would_block), by rule.",
-            ["rule", "action"],
-            registry=registry,
-        )
-        self.fallbacks = Counter(
-            f"{PREFIX}_fallback_responses",
-            "Responses from the deterministic fallback, by kind.",
-            ["kind"],
-            registry=registry,
-        )
-        self.errors = Counter(
-            f"{PREFIX}_errors", "Error responses and stream errors, by error code.", ["code"], registry=registry
-        )
-        self.first_byte = Histogram(
-            f"{PREFIX}_upstream_first_byte_seconds",
-            "Time from sending a request upstream to its first body byte (time to first token), by upstream.",
-            ["upstream"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.upstream_duration = Histogram(
-            f"{PREFIX}_upstream_duration_seconds",
-            "Time from sending a request upstream to its last body byte, by upstream.",
-            ["upstream"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            f"{PREFIX}_tokens",
-            "Tokens reported in responses' usage, by upstream and kind.",
-            ["upstream", "kind"],
-            registry=registry,
-        )
+        self._per_request = _RequestMetrics()
+        registry.register(self._per_request)
         self.active_streams = Gauge(
             f"{PREFIX}_active_streams", "Streaming (SSE) responses being relayed right now.", registry=registry
         )
@@ -164,38 +217,30 @@ class Metrics:
         )
         registry.register(_UpstreamCollector(pool))
         ProcessCollector(registry=registry)
-        # Labelled children, cached: the hot path does one dict lookup per metric.
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def observe(self, audit: Audit, route: str, duration_s: float) -> None:
         """Record one finished request from its audit record."""
+        m = self._per_request
         upstream = upstream_label(audit.upstream)
         decision = audit.decision
-        self._child(self.requests, route, upstream, str(audit.status), decision.value).inc()
-        self._child(self.request_duration, route).observe(duration_s)
+        m.requests.inc((route, upstream, str(audit.status), decision.value))
+        m.request_duration.observe((route,), duration_s)
         if decision is Action.BLOCK or decision is Action.WOULD_BLOCK:
-            self._child(self.violations, audit.rule or "unknown", decision.value).inc()
+            m.violations.inc((audit.rule or "unknown", decision.value))
         elif decision is Action.FALLBACK:
             kind = FALLBACK_KINDS.get((route, audit.stream and route != "/v1/embeddings"))
             if kind is not None:
-                self._child(self.fallbacks, kind).inc()
+                m.fallbacks.inc((kind,))
         if audit.error_code is not None:
-            self._child(self.errors, audit.error_code).inc()
+            m.errors.inc((audit.error_code,))
         if audit.upstream_first_byte_s is not None:
-            self._child(self.first_byte, upstream).observe(audit.upstream_first_byte_s)
+            m.first_byte.observe((upstream,), audit.upstream_first_byte_s)
         if audit.upstream_total_s is not None:
-            self._child(self.upstream_duration, upstream).observe(audit.upstream_total_s)
+            m.upstream_duration.observe((upstream,), audit.upstream_total_s)
         if audit.prompt_tokens:
-            self._child(self.tokens, upstream, "prompt").inc(audit.prompt_tokens)
+            m.tokens.inc((upstream, "prompt"), audit.prompt_tokens)
         if audit.completion_tokens:
-            self._child(self.tokens, upstream, "completion").inc(audit.completion_tokens)
+            m.tokens.inc((upstream, "completion"), audit.completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -82,7 +82,14 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
             request.writer.output_size = 0
         return None
     request_id = valid_request_id(request.headers.get(REQUEST_ID_HEADER)) or new_request_id()
-    return error_response(ExpectationFailed("Only 'Expect: 100-continue' is supported"), request_id)
+    response = error_response(ExpectationFailed("Only 'Expect: 100-continue' is supported"), request_id)
+    # Answer, then hang up: the body the client may still send is never read
+    # (aiohttp would otherwise linger to drain it, and fail on one it cannot decode).
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 @web.middleware
@@ -135,12 +142,17 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             response.headers[OVERHEAD_HEADER] = audit.overhead(time.perf_counter())
     if audit.status == 0:
         audit.status = response.status
+    if not hang_up and not response.prepared:
+        # An answer given before the body was read (a refusal, a bad header):
+        # aiohttp would linger to drain the body, and fail on one it cannot decode.
+        content = request.content
+        hang_up = content.exception() is not None or not content.is_eof()
     if hang_up and request.transport is not None:
         # Answer, then hang up: waiting for the rest of a slow or broken body
         # (aiohttp lingers up to 10 s for it) would let a client hold the connection.
         response.force_close()
         await _send_now(request, response, audit, started)
-        request.transport.close()
+        request.protocol.force_close()
     elif not response.prepared:
         # The client gets its answer first; the audit line and metrics follow,
         # off the latency path (aiohttp's own send afterwards finds it done).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import threading
@@ -14,6 +15,7 @@ import pytest
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from hypothesis import settings
 
 from airgap_proxy.app import create_app
 from airgap_proxy.config import Config, parse_config
@@ -44,6 +46,13 @@ PROXY_ENV_VARS = (
 
 # Log lines go to stderr in tests, as in production, so stdout stays the CLI's.
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+# CI explores the same examples on every run (a failure there is reproducible from
+# its log); elsewhere Hypothesis explores new ones each run, which is where the
+# fuzz tests find bugs (their @example lines pin the ones found).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,10 @@ class ServedProxy:
         return code
 
 
-async def serve(config_path: Path, **env: str) -> ServedProxy:
+async def start_proxy(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None, ready: str = "listening", timeout: float = 15
+) -> ServedProxy:
+    """``airgap-proxy serve --port P ARGS`` on a free port, once ``ready`` is logged."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if k not in PROXY_ENV_VARS}
     process = await asyncio.create_subprocess_exec(
@@ -99,23 +102,26 @@ async def serve(config_path: Path, **env: str) -> ServedProxy:
         "-m",
         "airgap_proxy",
         "serve",
-        "--config",
-        str(config_path),
         "--port",
         str(port),
-        cwd=config_path.parent,
-        env={**clean, **env},
+        *args,
+        cwd=cwd,
+        env={**clean, **(env or {})},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     proxy = ServedProxy(process, port)
     try:
-        await proxy.event("listening", timeout=15)
+        await proxy.event(ready, timeout=timeout)
     except BaseException:
         await proxy.stop()
         raise
     return proxy
+
+
+async def serve(config_path: Path, **env: str) -> ServedProxy:
+    return await start_proxy("--config", str(config_path), cwd=config_path.parent, env=env)
 
 
 @pytest.fixture

@@ -24,10 +24,9 @@ import pytest
 
 from airgap_proxy.config import ConfigError, load_config, parse_workers
 from airgap_proxy.workers import available_cpus, worker_count
-from tests.conftest import PROXY_ENV_VARS
 from tests.fakes import FakeUpstream
 from tests.test_admin import ADMIN, ADMIN_TOKEN, SECRET_KEY, provider
-from tests.test_operations import ServedProxy, write_config
+from tests.test_operations import ServedProxy, start_proxy, write_config
 from tests.test_serve import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,29 +45,7 @@ async def serve_workers(
     *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, ready: str = "workers_started"
 ) -> ServedProxy:
     """``airgap-proxy serve --port P ARGS`` with its log lines, once ``ready`` is logged."""
-    port = free_port()
-    clean = {k: v for k, v in os.environ.items() if k not in PROXY_ENV_VARS}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "airgap_proxy",
-        "serve",
-        "--port",
-        str(port),
-        *args,
-        cwd=cwd,
-        env={**clean, **(env or {})},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    proxy = ServedProxy(process, port)
-    try:
-        await proxy.event(ready, timeout=20)
-    except BaseException:
-        await proxy.stop()
-        raise
-    return proxy
+    return await start_proxy(*args, cwd=cwd, env=env, ready=ready, timeout=20)
 
 
 @pytest.fixture

@@ -47,6 +47,10 @@ REASON_ALLOW_NETWORK = "all addresses of host {host} are in allow_networks ({add
 REASON_ALLOW_HOST = "host {host} is on allow_hosts ({pattern})"
 REASON_UNRESOLVED = "host {host} does not resolve"
 REASON_NO_ADDRESSES = "host {host} resolved to no addresses"
+REASON_COMPATIBLE = (
+    "address {address} of host {host} is IPv4-compatible IPv6 (::a.b.c.d), which is routed as IPv6,"
+    " off the host; it is not in allow_networks"
+)
 REASON_ZONE = "IPv6 zone id on a non-link-local address {address} is ambiguous"
 
 HOSTED_API = "hosted LLM API"
@@ -248,8 +252,16 @@ def ipaddress_or_none(text: str) -> IPAddress | None:
 def effective_addresses(address: IPAddress) -> list[tuple[IPAddress, str]]:
     """Addresses a connection to ``address`` really reaches, with how.
 
-    IPv4-mapped and -compatible IPv6 reach the embedded IPv4 directly. NAT64
-    and 6to4 reach it through a gateway at the IPv6 address, so both count.
+    IPv4-mapped IPv6 (``::ffff:a.b.c.d``) reaches the embedded IPv4 directly:
+    the kernel talks IPv4 on such a socket. Every other embedding form counts
+    twice, the IPv6 address itself and what it embeds, and both must be allowed:
+
+    - IPv4-compatible (``::a.b.c.d``, deprecated by RFC 4291) is routed by
+      Linux as a plain IPv6 address, through the IPv6 default route, so
+      ``[::127.0.0.1]`` leaves the host; its embedded IPv4 is checked as well
+      in case a stack maps it;
+    - NAT64 and 6to4 reach the embedded IPv4 through a gateway at the IPv6
+      address.
     """
     if isinstance(address, ipaddress.IPv4Address):
         return [(address, "")]
@@ -262,9 +274,9 @@ def effective_addresses(address: IPAddress) -> list[tuple[IPAddress, str]]:
     sixtofour = address.sixtofour
     if sixtofour is not None:
         return [(address, ""), (sixtofour, "6to4")]
-    if address in _COMPATIBLE and int(address) > 1:
+    if _is_compatible(address):
         embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        return [(embedded, "IPv4-compatible")]
+        return [(embedded, "IPv4-compatible"), (address, "")]
     return [(address, "")]
 
 
@@ -295,11 +307,17 @@ def check_addresses(host: str, addresses: Iterable[IPAddress], rules: Rules) -> 
                         REASON_EMBEDDED.format(address=shown, host=host, embedded=candidate.compressed, kind=kind)
                         + ", which is not in allow_networks"
                     )
+                elif _is_compatible(candidate):
+                    reason = REASON_COMPATIBLE.format(address=shown, host=host)
                 else:
                     reason = REASON_NOT_ALLOWED.format(address=shown, host=host)
                 return Decision(Verdict.EXTERNAL, reason, Rule.NOT_ALLOWED_NETWORK, host, texts)
     reason = REASON_ALLOW_NETWORK.format(host=host, addresses=", ".join(texts))
     return Decision(Verdict.LOCAL, reason, Rule.ALLOW_NETWORK, host, texts)
+
+
+def _is_compatible(address: IPAddress) -> bool:
+    return isinstance(address, ipaddress.IPv6Address) and address in _COMPATIBLE and int(address) > 1
 
 
 def _first_containing(networks: Sequence[Network], address: IPAddress) -> Network | None:

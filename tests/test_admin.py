@@ -266,6 +266,8 @@ ONLY_127_0_0_1 = {"policy": {"allow_networks": ["127.0.0.1/32"], "allow_hosts": 
         ),
         pytest.param("http://[::ffff:8.8.8.8]:80/v1", "embeds 8.8.8.8 (IPv4-mapped)", id="ipv4-mapped ipv6"),
         pytest.param("http://[::ffff:127.0.0.2]:80/v1", "embeds 127.0.0.2 (IPv4-mapped)", id="ipv4-mapped outside"),
+        pytest.param("http://[::127.0.0.1]:9/v1", "is IPv4-compatible IPv6", id="ipv4-compatible loopback"),
+        pytest.param("http://compat.test:9/v1", "is IPv4-compatible IPv6", id="name resolving ipv4-compatible"),
         pytest.param("http://user:pw-9d8c7b@127.0.0.1:9/v1", "URL contains userinfo", id="userinfo"),
         pytest.param("http://outside.test:9/v1", "address 127.0.0.2 of host outside.test", id="name resolving out"),
         pytest.param("http://mixed.test:9/v1", "address 127.0.0.2 of host mixed.test", id="name with one bad address"),
@@ -282,7 +284,9 @@ async def test_external_or_invalid_base_url_is_422_and_keeps_the_previous_value(
     aiohttp_client: Any, tmp_path: Path, recorder: Any, base_url: str, reason: str
 ) -> None:
     outside = await recorder("127.0.0.2")
-    resolver = FakeResolver({"outside.test": ["127.0.0.2"], "mixed.test": ["127.0.0.1", "127.0.0.2"]})
+    resolver = FakeResolver(
+        {"outside.test": ["127.0.0.2"], "mixed.test": ["127.0.0.1", "127.0.0.2"], "compat.test": ["::7f00:1"]}
+    )
     config = tenant_config(tmp_path, ONLY_127_0_0_1)
     client = await admin_client(aiohttp_client, config, resolver=resolver)
     assert (await put(client, "team-a", provider(api_key=TENANT_KEY))).status == 201

@@ -70,7 +70,15 @@ CANARY_HOSTS = (
     "CANARY.TEST.",
     "ｃａｎａｒｙ.test",
     "canary6.test",
+    # IPv4-compatible IPv6 embeds a local IPv4 but is routed as IPv6, off the host (to the canary here).
+    "[::127.0.0.1]",
+    "[::10.0.0.5]",
+    "[::192.168.1.1]",
+    "[0:0:0:0:0:0:7f00:1]",
+    "compat6.test",
 )
+# IPv4-compatible addresses the canary also holds: B's IPv6 default route leads to it.
+COMPAT_ADDRESSES = ("::7f00:1", "::a00:5", "::c0a8:101")
 
 CANARY_SCRIPT = """
 import socket, sys, threading
@@ -369,7 +377,7 @@ def canary_config(workdir: Path) -> Path:
 def test_the_canary_sees_nothing_while_local_traffic_flows(netns: Namespaces, tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)
     pid = os.getpid()
-    hosts = f"{CANARY_V4} canary.test\n{CANARY_V6} canary6.test\n"
+    hosts = f"{CANARY_V4} canary.test\n{CANARY_V6} canary6.test\n::127.0.0.1 compat6.test\n"
     outside = netns.add("a")
     inside = netns.add("b", hosts=hosts, resolv=f"nameserver {CANARY_V4}\n")
     veth_a, veth_b = f"agp{pid}va"[-15:], f"agp{pid}vb"[-15:]
@@ -383,8 +391,11 @@ def test_the_canary_sees_nothing_while_local_traffic_flows(netns: Namespaces, tm
         run("ip", "netns", "exec", ns, "ip", "addr", "add", v4, "dev", dev)
         run("ip", "netns", "exec", ns, "ip", "-6", "addr", "add", v6, "dev", dev, "nodad")
         run("ip", "netns", "exec", ns, "ip", "link", "set", dev, "up")
-    # Everything B sends anywhere but loopback ends up at the canary.
+    for address in COMPAT_ADDRESSES:
+        run("ip", "netns", "exec", outside, "ip", "-6", "addr", "add", f"{address}/128", "dev", veth_a, "nodad")
+    # Everything B sends anywhere but loopback ends up at the canary, over IPv4 and IPv6.
     run("ip", "netns", "exec", inside, "ip", "route", "add", "default", "via", CANARY_V4)
+    run("ip", "netns", "exec", inside, "ip", "-6", "route", "add", "default", "via", CANARY_V6)
 
     canary_log = tmp_path / "canary.log"
     canary_log.touch()
@@ -440,19 +451,21 @@ def test_the_canary_sees_nothing_while_local_traffic_flows(netns: Namespaces, tm
         assert outbound_targets(strace_log) == []
         assert "127.0.0.1" in strace_log.read_text()  # the trace did capture the local traffic
 
-    # Control: from B the canary is reachable, by address, by name and by its NAT64 form, and it records.
+    # Control: from B the canary is reachable, by address, by name, by its NAT64 form and by the
+    # IPv4-compatible forms of local addresses, and it records.
+    controls = (CANARY_V4, "canary.test", CANARY_V6, "::127.0.0.1", "compat6.test")
     control = in_ns(
         inside,
         "import socket\n"
-        f"for host in ('{CANARY_V4}', 'canary.test', '{CANARY_V6}'):\n"
+        f"for host in {controls!r}:\n"
         f"    socket.create_connection((host, {CANARY_PORT}), timeout=5).close()\n",
     )
     assert control.returncode == 0, control.stderr
     deadline = time.monotonic() + 5
-    while len(canary_log.read_text().splitlines()) < 3:
+    while len(canary_log.read_text().splitlines()) < len(controls):
         assert time.monotonic() < deadline, canary_log.read_text()
         time.sleep(0.05)
-    assert len(canary_log.read_text().splitlines()) == 3
+    assert len(canary_log.read_text().splitlines()) == len(controls)
 
 
 def test_start_up_makes_no_outbound_attempt(netns: Namespaces, tmp_path: Path) -> None:

@@ -62,6 +62,36 @@ async def test_allow_listed_name_is_still_pinned_at_connect(aiohttp_client: Any,
     assert outside.connections == 0
 
 
+@pytest.mark.parametrize("answer", ["::7f00:1", "::a00:5", "::c0a8:101"])
+async def test_allow_listed_name_resolving_ipv4_compatible_is_refused_at_connect(
+    aiohttp_client: Any, recorder: Any, answer: str
+) -> None:
+    """``::a.b.c.d`` is routed as IPv6, off the host: the AAAA answer is judged as IPv6 too."""
+    local = await recorder("127.0.0.1")
+    resolver = FakeResolver({"llm.trusted.internal": [answer]})
+    rules = {"policy": {"allow_hosts": ["*.trusted.internal"]}}
+    config = make_config(rules, {"LLM_BASE_URL": f"http://llm.trusted.internal:{local.port}/v1"})
+    client = await aiohttp_client(create_app(config, resolver=resolver))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 422
+    message = (await resp.json())["error"]["message"]
+    assert message == policy.REASON_COMPATIBLE.format(address=answer, host="llm.trusted.internal")
+    assert local.connections == 0
+
+
+@pytest.mark.parametrize("host", ["[::127.0.0.1]", "[::7f00:1]", "[0:0:0:0:0:0:127.0.0.1]"])
+async def test_ipv4_compatible_upstream_literal_is_refused_before_connecting(
+    aiohttp_client: Any, recorder: Any, host: str
+) -> None:
+    local = await recorder("127.0.0.1")
+    raw = {"upstreams": [{"name": "compat", "base_url": f"http://{host}:{local.port}/v1", "models": ["m"]}]}
+    client = await aiohttp_client(create_app(make_config(raw), resolver=FakeResolver({})))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 422
+    assert "IPv4-compatible" in (await resp.json())["error"]["message"]
+    assert local.connections == 0
+
+
 async def test_name_resolving_to_mixed_addresses_is_refused(aiohttp_client: Any, recorder: Any) -> None:
     outside = await recorder("127.0.0.2")
     resolver = FakeResolver({"mixed.test": ["127.0.0.1", "127.0.0.2"]})
@@ -100,7 +130,11 @@ async def test_socket_factory_refuses_ip_literals_directly(recorder: Any) -> Non
     client = EgressClient(ONLY_127_0_0_1, enforce=True, connect_timeout_s=2, read_timeout_s=2)
     await client.start()
     try:
-        for url in (f"http://127.0.0.2:{outside.port}/", f"http://[::ffff:127.0.0.2]:{outside.port}/"):
+        for url in (
+            f"http://127.0.0.2:{outside.port}/",
+            f"http://[::ffff:127.0.0.2]:{outside.port}/",
+            f"http://[::127.0.0.2]:{outside.port}/",
+        ):
             with pytest.raises(AirgapViolation, match=r"127\.0\.0\.2"):
                 await client.request("GET", url, headers={}, body=None)
     finally:

@@ -76,8 +76,8 @@ def reached(address: IPAddress) -> list[IPAddress]:
     value = int(address)
     if value >> 32 == 0xFFFF:  # ::ffff:0:0/96, IPv4-mapped: the socket talks IPv4
         return [ipaddress.IPv4Address(value & 0xFFFFFFFF)]
-    if value >> 32 == 0 and value > 1:  # ::/96, IPv4-compatible
-        return [ipaddress.IPv4Address(value & 0xFFFFFFFF)]
+    if value >> 32 == 0 and value > 1:  # ::/96, IPv4-compatible: Linux routes it as IPv6, off the host
+        return [ipaddress.IPv4Address(value & 0xFFFFFFFF), address]
     out: list[IPAddress] = [address]
     if value >> 32 == 0x0064FF9B << 64 or value >> 80 == 0x0064FF9B0001:  # NAT64 64:ff9b::/96, 64:ff9b:1::/48
         out.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))

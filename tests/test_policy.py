@@ -171,7 +171,6 @@ LOCAL_CASES = [
         id="ipv4-mapped loopback",
     ),
     pytest.param("http://[::ffff:10.0.0.1]", L, Rule.ALLOW_NETWORK, allow_net(v6("::ffff:10.0.0.1")), id="mapped 10/8"),
-    pytest.param("http://[::127.0.0.1]", L, Rule.ALLOW_NETWORK, allow_net(v6("::127.0.0.1")), id="ipv4-compatible"),
     pytest.param(
         "http://vllm.llm.svc.cluster.local:8000/v1",
         L,
@@ -410,6 +409,27 @@ ADDRESS_CASES = [
         Rule.DENY_NETWORK,
         deny_net(META, v6("::a9fe:a9fe"), META_NET, v6("::a9fe:a9fe"), "IPv4-compatible"),
         id="compatible metadata",
+    ),
+    pytest.param(
+        "http://[::127.0.0.1]:8000",
+        E,
+        Rule.NOT_ALLOWED_NETWORK,
+        policy.REASON_COMPATIBLE.format(address="::7f00:1", host="::7f00:1"),
+        id="compatible loopback leaves the host",
+    ),
+    pytest.param(
+        "http://[::10.0.0.5]",
+        E,
+        Rule.NOT_ALLOWED_NETWORK,
+        policy.REASON_COMPATIBLE.format(address="::a00:5", host="::a00:5"),
+        id="compatible 10/8",
+    ),
+    pytest.param(
+        "http://[0:0:0:0:0:0:192.168.1.1]",
+        E,
+        Rule.NOT_ALLOWED_NETWORK,
+        policy.REASON_COMPATIBLE.format(address="::c0a8:101", host="::c0a8:101"),
+        id="compatible 192.168 exploded",
     ),
     pytest.param(
         "http://[::8.8.8.8]",
@@ -994,7 +1014,7 @@ def test_validate_host_pattern_rejects(raw: str, fragment: str) -> None:
         pytest.param("::1", [("::1", "")], id="loopback"),
         pytest.param("::", [("::", "")], id="unspecified"),
         pytest.param("::ffff:127.0.0.1", [("127.0.0.1", "IPv4-mapped")], id="mapped"),
-        pytest.param("::127.0.0.1", [("127.0.0.1", "IPv4-compatible")], id="compatible"),
+        pytest.param("::127.0.0.1", [("127.0.0.1", "IPv4-compatible"), ("::7f00:1", "")], id="compatible"),
         pytest.param("64:ff9b::a9fe:a9fe", [("64:ff9b::a9fe:a9fe", ""), (META, "NAT64")], id="nat64"),
         pytest.param("2002:a9fe:a9fe::", [("2002:a9fe:a9fe::", ""), (META, "6to4")], id="6to4"),
         pytest.param("fd00:ec2::254", [("fd00:ec2::254", "")], id="ula"),
@@ -1153,8 +1173,8 @@ def reaches(address: IPAddress) -> list[IPAddress]:
         return [address]
     if address.ipv4_mapped is not None:
         return [address.ipv4_mapped]
-    if int(address) >> 32 == 0 and int(address) > 1:  # IPv4-compatible ::a.b.c.d
-        return [ipaddress.IPv4Address(int(address))]
+    if int(address) >> 32 == 0 and int(address) > 1:  # IPv4-compatible ::a.b.c.d: routed as IPv6
+        return [ipaddress.IPv4Address(int(address)), address]
     out: list[IPAddress] = [address]
     if address in ipaddress.IPv6Network("64:ff9b::/96"):
         out.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))

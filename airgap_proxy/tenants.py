@@ -213,14 +213,35 @@ def request_time_decision(provider: StoredProvider, rules: policy.Rules) -> poli
     return static if static is not None else provider.decision
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+def bearer_token_bytes(authorization: str | None) -> bytes | None:
+    """The UTF-8 bytes of an ``Authorization: Bearer <token>`` token, else None.
+
+    aiohttp hands header values over with undecodable bytes as surrogates; a
+    token that is not valid UTF-8 is treated as no token at all (401), so every
+    comparison is of bytes and nothing downstream can raise on it.
+    """
     if not authorization:
         return None
     scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         return None
-    return token.strip()
+    try:
+        return token.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (valid UTF-8), else None."""
+    token = bearer_token_bytes(authorization)
+    return None if token is None else token.decode("utf-8")
+
+
+def bearer_matches(authorization: str | None, expected: str) -> bool:
+    """Does the header carry exactly ``expected`` as its bearer token? (constant time, bytes)"""
+    token = bearer_token_bytes(authorization)
+    return token is not None and hmac.compare_digest(token, expected.encode("utf-8"))
 
 
 def key_digest(key: str) -> str:
@@ -258,7 +279,7 @@ def identify(authorization: str | None, tenant_header: str | None, clients: tupl
         key = bearer_token(authorization)
         if key is None:
             raise Unauthorized(
-                "Missing client API key: send it as 'Authorization: Bearer <key>'",
+                "Missing or malformed client API key: send it as 'Authorization: Bearer <key>'",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         client = find_client(key, clients)

@@ -24,7 +24,6 @@ and one with the wrong token 403 (compared in constant time).
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -83,13 +82,13 @@ def _check_token(request: web.Request, state: AppState) -> None:
     token = state.config.admin.token
     if token is None:
         raise NotFound("The admin API is disabled: set AIRGAP_PROXY_ADMIN_TOKEN (or admin.token_file) to enable it")
-    presented = tenants.bearer_token(request.headers.get("Authorization"))
-    if presented is None:
+    authorization = request.headers.get("Authorization")
+    if tenants.bearer_token_bytes(authorization) is None:
         raise Unauthorized(
-            "Missing admin token: send 'Authorization: Bearer <token>'",
+            "Missing or malformed admin token: send 'Authorization: Bearer <token>'",
             headers={"WWW-Authenticate": 'Bearer realm="airgap-proxy admin"'},
         )
-    if not hmac.compare_digest(presented.encode("utf-8"), token.encode("utf-8")):
+    if not tenants.bearer_matches(authorization, token):
         raise Forbidden("Invalid admin token")
 
 

@@ -18,7 +18,6 @@ default view is served as before.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -138,9 +137,8 @@ def status_tenant(request: web.Request, state: AppState) -> str | None:
     clients = state.config.clients
     if not clients or (requested is None and authorization is None):
         return tenants.check_tenant_id(requested) if requested is not None else None
-    token = tenants.bearer_token(authorization)
     admin = state.config.admin.token
-    if token is not None and admin is not None and hmac.compare_digest(token.encode(), admin.encode()):
+    if admin is not None and tenants.bearer_matches(authorization, admin):
         return tenants.check_tenant_id(requested) if requested is not None else None
     return tenants.identify(authorization, requested, clients).tenant
 

@@ -20,7 +20,7 @@ import yaml
 
 from airgap_proxy import crypto, policy
 from airgap_proxy.fallback import EMPTY_CANNED, Canned, parse_canned
-from airgap_proxy.targets import Target, TargetError, parse_target
+from airgap_proxy.targets import Target, TargetError, parse_base_url
 
 CONFIG_VERSION = 1
 ENV_AIRGAPPED = "AISOC_AIRGAPPED"
@@ -559,18 +559,30 @@ def _parse_target(path: str, value: str) -> tuple[Target | None, str | None]:
     if not _URL_SHAPE.match(value):
         hint = f" (did you mean {_display_url(f'http://{value}', None)}?)" if value and "://" not in value else ""
         raise ConfigError(path, f"not a URL{hint}")
+    if "?" in value or "#" in value:
+        # Refused at load, not at request time: the query is where keys hide
+        # (``?api_key=...``), so the value is never echoed, only its masked form.
+        raise ConfigError(
+            path,
+            f"{_display_url(value, None)} has a query string or fragment; "
+            "put a key in api_key (or its env/file form), not in the URL",
+        )
     try:
-        return parse_target(value), None
+        return parse_base_url(value), None
     except TargetError as exc:
         return None, str(exc)
 
 
 def _display_url(url: str, target: Target | None) -> str:
-    """``url`` safe to show: a rejected URL may carry a password as userinfo.
+    """``url`` safe to show: a rejected URL may carry a password as userinfo or a key as a query.
 
-    A URL the parser accepted has no userinfo, so it is shown as given; in a
-    rejected one everything up to the last ``@`` is masked (over-masking is safe).
+    A query or fragment is masked. A URL the parser accepted has no userinfo, so
+    it is shown as given; in a rejected one everything up to the last ``@`` is
+    masked (over-masking is safe).
     """
+    for mark in "?#":
+        if mark in url:
+            url = f"{url.split(mark, 1)[0]}{mark}{REDACTED}"
     if target is not None or "@" not in url:
         return url
     scheme, sep, rest = url.partition("://")

@@ -39,6 +39,9 @@ _ZONE_RE = re.compile(r"^[A-Za-z0-9_.\-~]{1,64}$")
 _AUTHORITY_END = re.compile(r"[/?#]")
 
 
+QUERY_IN_BASE_URL = "URL has a query string or fragment (a key belongs in api_key, not the URL)"
+
+
 class TargetError(ValueError):
     """The string is not a URL we can name a single host for (verdict: invalid)."""
 
@@ -128,6 +131,18 @@ def parse_target(raw: str) -> Target:
     if address4 is not None:
         return Target(scheme, address4.compressed, port, path, address4)
     return Target(scheme, host, port, path, None)
+
+
+def parse_base_url(raw: str) -> Target:
+    """Parse an upstream base URL: a target with no query string or fragment.
+
+    Request paths are appended to a base URL, so a query would land in the
+    middle of every URL sent (``/v1?api_key=K/chat/completions``), and a key
+    in it would be shown wherever the URL is. Credentials belong in ``api_key``.
+    """
+    if "?" in raw or "#" in raw:
+        raise TargetError(QUERY_IN_BASE_URL)
+    return parse_target(raw)
 
 
 def normalise_host(raw: str) -> str:

@@ -15,11 +15,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from airgap_proxy import policy, routing
+from airgap_proxy import policy, routing, targets
 from airgap_proxy.config import TENANT_ID_RE, ClientConfig, ProviderType, UpstreamConfig
 from airgap_proxy.crypto import Keyring, Sealed, associated_data
 from airgap_proxy.errors import Forbidden, InvalidRequest, Unauthorized
-from airgap_proxy.targets import MAX_URL_LENGTH, Target, TargetError, parse_target
+from airgap_proxy.targets import MAX_URL_LENGTH, Target, TargetError
 
 TENANT_HEADER = "X-Tenant-ID"
 UPSTREAM_PREFIX = "tenant:"
@@ -128,7 +128,7 @@ def _required_string(data: dict[str, Any], key: str, limit: int) -> str:
 def parse_base_url(base_url: str) -> Target | policy.Decision:
     """The URL as a target, or the ``invalid`` decision that refuses it."""
     try:
-        return parse_target(base_url)
+        return targets.parse_base_url(base_url)
     except TargetError as exc:
         return policy.Decision(policy.Verdict.INVALID, policy.REASON_INVALID.format(detail=exc), policy.Rule.PARSE)
 

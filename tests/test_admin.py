@@ -269,6 +269,8 @@ ONLY_127_0_0_1 = {"policy": {"allow_networks": ["127.0.0.1/32"], "allow_hosts": 
         pytest.param("http://[::127.0.0.1]:9/v1", "is IPv4-compatible IPv6", id="ipv4-compatible loopback"),
         pytest.param("http://compat.test:9/v1", "is IPv4-compatible IPv6", id="name resolving ipv4-compatible"),
         pytest.param("http://user:pw-9d8c7b@127.0.0.1:9/v1", "URL contains userinfo", id="userinfo"),
+        pytest.param("http://127.0.0.1:9/v1?api_key=pw-9d8c7b", "query string or fragment", id="query string"),
+        pytest.param("http://127.0.0.1:9/v1#pw-9d8c7b", "query string or fragment", id="fragment"),
         pytest.param("http://outside.test:9/v1", "address 127.0.0.2 of host outside.test", id="name resolving out"),
         pytest.param("http://mixed.test:9/v1", "address 127.0.0.2 of host mixed.test", id="name with one bad address"),
         pytest.param("http://nowhere.test:9/v1", "host nowhere.test does not resolve", id="unresolvable name"),

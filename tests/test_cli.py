@@ -352,6 +352,25 @@ upstreams:
     assert [u.api_key for u in loaded.upstreams][:3] == [SECRETS["LLM_API_KEY"], SECRETS["inline"], SECRETS["file"]]
 
 
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_a_key_in_a_base_url_query_is_exit_2_and_never_printed(capsys, monkeypatch, tmp_path, command):
+    key = "sk-QUERY-6d2a8f0c4e"
+    config = write(
+        tmp_path,
+        "query.yaml",
+        f"""version: 1
+upstreams:
+  - name: keyed
+    base_url: http://127.0.0.1:8001/v1?api_key={key}
+""",
+    )
+    code, out, err = run(capsys, command, "--config", config)
+    assert code == 2
+    assert key not in out + err
+    assert_one_config_error(err)
+    assert "upstreams[0].base_url: http://127.0.0.1:8001/v1?*** has a query string or fragment" in err
+
+
 def test_check_config_short_admin_token_error_does_not_print_it(capsys, monkeypatch):
     monkeypatch.setenv("AIRGAP_PROXY_ADMIN_TOKEN", "Sh0rt-Secret")
     code, out, err = run(capsys, "check-config")

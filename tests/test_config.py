@@ -734,6 +734,36 @@ def test_password_in_a_base_url_without_scheme_is_masked_in_the_error():
     assert error.message == "not a URL (did you mean http://***@ollama:11434?)"
 
 
+QUERY_KEY = "sk-QUERY-3e7c1a9f5b"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(f"http://127.0.0.1:8000/v1?api_key={QUERY_KEY}", id="query"),
+        pytest.param(f"http://127.0.0.1:8000/v1?{QUERY_KEY}", id="bare query"),
+        pytest.param(f"http://127.0.0.1:8000?key={QUERY_KEY}", id="query without path"),
+        pytest.param(f"http://127.0.0.1:8000/v1#{QUERY_KEY}", id="fragment"),
+        pytest.param(f"127.0.0.1:8000/v1?key={QUERY_KEY}", id="query without scheme"),
+    ],
+)
+@pytest.mark.parametrize("source", ["upstreams", "LLM_BASE_URL"])
+def test_a_query_or_fragment_in_base_url_is_refused_at_load_and_masked(url: str, source: str) -> None:
+    # Joined, the request path would land after the query (/v1?api_key=K/chat/completions);
+    # shown, the key would leak through status, the log and check-config.
+    if source == "upstreams":
+        error = parse_error({"upstreams": [upstream(base_url=url)]})
+        assert error.path == "upstreams[0].base_url"
+    else:
+        error = parse_error(None, {"LLM_BASE_URL": url})
+        assert error.path == "LLM_BASE_URL"
+    assert QUERY_KEY not in str(error)
+    assert "***" in str(error)
+    if "://" in url:
+        assert "query string or fragment" in error.message
+        assert "api_key" in error.message
+
+
 def test_redacted_is_plain_json_data():
     report = parse({"upstreams": [upstream()]}, {"AIRGAP_PROXY_ADMIN_TOKEN": "x" * 16}).redacted()
     assert json.loads(json.dumps(report)) == report

@@ -2,13 +2,16 @@
 
 Towards the upstream: hop-by-hop headers (and those named in ``Connection``)
 are dropped, every client credential is dropped (``Authorization``,
-``Proxy-Authorization``, ``Cookie``, ``api-key``, ``x-api-key``), the
-upstream's own key is injected, and ``X-Request-ID`` is set.
+``Proxy-Authorization``, ``Cookie``, and any header whose name has a
+credential word in it: ``api-key``, ``x-goog-api-key``, ``X-Auth-Token``,
+``x-amz-security-token``, ``ocp-apim-subscription-key``...), the upstream's
+own key is injected, and ``X-Request-ID`` is set.
 Towards the client: hop-by-hop headers, framing headers and cookies are dropped.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -55,6 +58,16 @@ UPSTREAM_HEADER = "X-Airgap-Upstream"
 # Milliseconds the proxy itself spent on a request, waits for the client's body and the upstream excluded.
 OVERHEAD_HEADER = "X-Airgap-Overhead-Ms"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# A header is a credential when a word of its name (split on - _ .) says so:
+# vendors name keys freely (x-goog-api-key, x-litellm-api-key, helicone-auth,
+# x-amz-security-token), and a key that reaches a gateway upstream can be
+# spent there. Over-dropping costs a header; under-dropping leaks a key.
+_CREDENTIAL_WORD = re.compile(
+    r"(?:^|[-_.])(?:key|apikey|api_key|token|secret|password|passwd|auth|authorization"
+    r"|credential|credentials|signature|cookie|sessiontoken)(?:$|[-_.])"
+)
+# Names with a credential word that carry none.
+_NOT_CREDENTIALS = frozenset({"idempotency-key"})
 
 
 def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
@@ -78,6 +91,12 @@ def _filtered(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[s
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def is_credential_header(lowered: str) -> bool:
+    """Whether a (lower-cased) header name looks like it carries a credential."""
+    return lowered not in _NOT_CREDENTIALS and _CREDENTIAL_WORD.search(lowered) is not None
+
+
 def upstream_request_headers(
     client_headers: Mapping[str, str], api_key: str | None, request_id: str
 ) -> list[tuple[str, str]]:
@@ -87,7 +106,9 @@ def upstream_request_headers(
     out = [
         (name, value)
         for name, value in client_headers.items()
-        if (lowered := name.lower()) not in dropped and not lowered.startswith("x-airgap-")
+        if (lowered := name.lower()) not in dropped
+        and not lowered.startswith("x-airgap-")
+        and not is_credential_header(lowered)
     ]
     if api_key:
         out.append(("Authorization", f"Bearer {api_key}"))

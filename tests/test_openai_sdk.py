@@ -49,6 +49,45 @@ def test_sync_sdk_every_core_endpoint(threaded: ThreadedServers) -> None:
         assert "agent-key" not in str(received.headers)
 
 
+# Vendor key headers a client (or a gateway SDK) may carry; none may reach an upstream.
+CREDENTIAL_HEADERS = [
+    "x-goog-api-key",
+    "x-litellm-api-key",
+    "ocp-apim-subscription-key",
+    "x-amz-security-token",
+    "X-Auth-Token",
+    "api-key",
+    "x-api-key",
+    "x-portkey-api-key",
+    "helicone-auth",
+    "x-goog-iam-authorization-token",
+    "X-Vault-Token",
+    "x-client-secret",
+    "x-apikey",
+]
+
+
+def test_credential_headers_never_reach_the_upstream(threaded: ThreadedServers) -> None:
+    fake = FakeUpstream()
+    secrets = {name: f"client-secret-{index:02d}-9f3b" for index, name in enumerate(CREDENTIAL_HEADERS)}
+    kept = {"anthropic-version": "2023-06-01", "OpenAI-Organization": "org-1", "Idempotency-Key": "idem-1"}
+    client = openai.OpenAI(
+        base_url=start(threaded, fake), api_key="agent-key", max_retries=0, default_headers={**secrets, **kept}
+    )
+    client.chat.completions.create(model="llama3", messages=MESSAGES)
+    list(client.chat.completions.create(model="llama3", messages=MESSAGES, stream=True))
+    client.embeddings.create(model="nomic", input="hi", encoding_format="float")
+    assert len(fake.received) == 3
+    for received in fake.received:
+        sent = {name.lower(): value for name, value in received.headers.items()}
+        for name, secret in secrets.items():
+            assert name.lower() not in sent, name
+            assert secret not in str(received.headers)
+        assert sent["authorization"] == f"Bearer {KEY}"  # only the upstream's own key
+        for name, value in kept.items():
+            assert sent[name.lower()] == value
+
+
 def test_sync_sdk_sees_airgap_violation(threaded: ThreadedServers) -> None:
     base = threaded.start_proxy(make_config(None, {"LLM_BASE_URL": "https://api.openai.com/v1"})) + "/v1"
     client = openai.OpenAI(base_url=base, api_key="x", max_retries=0)

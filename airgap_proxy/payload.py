@@ -1,7 +1,8 @@
 """What the proxy needs to know about an OpenAI request body (pure).
 
 The body is forwarded as the original bytes; it is only re-serialised when the
-model name must change (default model, alias).
+model name must change (default model on an endpoint that takes one, alias)
+or a routing hint must go.
 """
 
 from __future__ import annotations
@@ -54,15 +55,17 @@ class Payload:
     data: dict[str, Any] | None
 
 
-def parse_payload(endpoint: str, method: str, body: bytes, content_type: str) -> Payload:
+def parse_payload(endpoint: str, method: str, body: bytes) -> Payload:
     """Validate an OpenAI request body enough to route it.
 
     The three core endpoints require a JSON object with their main field; any
     other ``/v1`` path is passed through, and its model is read if it has one.
+    Whatever its ``Content-Type``: gateways such as LiteLLM parse a
+    ``text/plain`` body as JSON too, so a body that parses is treated as JSON.
     """
     required = REQUIRED_FIELDS.get(endpoint) if method == "POST" else None
     if required is None:
-        return _optional_payload(body, content_type)
+        return _optional_payload(body)
     if not body:
         raise InvalidRequest("The request body is empty; expected a JSON object")
     try:
@@ -91,8 +94,8 @@ def loads(body: bytes) -> Any:
         return json.loads(body)
 
 
-def _optional_payload(body: bytes, content_type: str) -> Payload:
-    if not body or "json" not in content_type:
+def _optional_payload(body: bytes) -> Payload:
+    if not body:
         return Payload(model=None, stream=False, data=None)
     try:
         data = loads(body)
@@ -128,6 +131,22 @@ def hints_in(payload: Payload) -> list[str]:
     if payload.data is None:
         return []
     return [key for key in payload.data if key in ROUTING_HINTS]
+
+
+def body_to_send(endpoint: str, payload: Payload, body: bytes, model: str | None) -> bytes:
+    """The bytes to forward: ``body`` itself unless the model or a hint must change.
+
+    ``model`` is the one routing chose. It replaces the client's (an alias), or
+    fills in a missing one only on an endpoint that takes a model: any other
+    body is passed byte for byte, routing hints aside.
+    """
+    if payload.data is None:
+        return body
+    takes_model = payload.model is not None or endpoint in REQUIRED_FIELDS
+    new_model = model if takes_model and model is not None and model != payload.model else None
+    if new_model is None and not any(key in ROUTING_HINTS for key in payload.data):
+        return body
+    return rewritten(payload, new_model)
 
 
 def rewritten(payload: Payload, model: str | None) -> bytes:

@@ -482,6 +482,61 @@ async def test_routing_hints_are_stripped_before_forwarding(
     assert sorted(audit["stripped_fields"]) == sorted(hints)
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("text/plain", id="text/plain"),
+        pytest.param(None, id="no content-type"),
+        pytest.param("application/octet-stream", id="octet-stream"),
+        pytest.param("application/x-www-form-urlencoded", id="form label"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v1/chat/completions", "/v1/some/gateway/route"])
+async def test_routing_hints_are_stripped_whatever_the_content_type(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str], content_type: str | None, path: str
+) -> None:
+    # LiteLLM parses a text/plain (or unlabelled) body as JSON too: the label decides nothing.
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    hints = {"api_base": "https://api.openai.com/v1", "base_url": "http://10.9.9.9/v1", "api_key": "sk-x"}
+    body = json.dumps({**CHAT, **hints, "fallbacks": ["gpt-4o"], "top_n": 3}).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    skip = () if content_type else ("Content-Type",)
+    with capture_logs() as logs:
+        resp = await client.post(path, data=body, headers=headers, skip_auto_headers=skip)
+    assert resp.status == 200
+    [received] = fake.received
+    if content_type is None:
+        assert "Content-Type" not in received.headers
+    sent = received.json()
+    assert not (set(hints) | {"fallbacks"}) & set(sent)
+    assert sent["top_n"] == 3 and sent["messages"] == CHAT["messages"]
+    [audit] = [e for e in logs if e["event"] == "request"]
+    assert sorted(audit["stripped_fields"]) == sorted([*hints, "fallbacks"])
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/rerank", b'{"query":"q","documents":["a","b"],  "top_n":1}', id="rerank"),
+        pytest.param("/v1/files", b'{"purpose":"batch"}', id="files"),
+        pytest.param("/v1/moderations", b'{"input": "x"}', id="moderations"),
+        pytest.param("/v1/some/route", rb'{"x":1.0,"y":"\u00e9"}', id="escapes and floats"),
+    ],
+)
+async def test_a_pass_through_body_without_a_model_goes_byte_for_byte(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str], path: str, body: bytes
+) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base, LLM_MODEL="llama3.2:3b")
+    resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 200
+    assert fake.received[0].body == body
+    # An endpoint that takes a model still gets the default.
+    await client.post("/v1/embeddings", json={"input": "x"})
+    assert fake.received[1].json()["model"] == "llama3.2:3b"
+
+
 async def test_audit_event_carries_token_counts(aiohttp_client: Any, upstream: tuple[FakeUpstream, str]) -> None:
     _fake, base = upstream
     client = await proxy_for(aiohttp_client, base)

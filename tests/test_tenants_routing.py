@@ -121,6 +121,16 @@ async def test_routing_hints_are_stripped_for_tenants_too(aiohttp_client: Any, w
     assert world.b.received == []
 
 
+async def test_a_tenant_pass_through_body_is_not_given_the_tenants_model(
+    aiohttp_client: Any, world: World, tmp_path: Path
+) -> None:
+    client = await with_tenants(aiohttp_client, world, world.config(tmp_path))
+    body = b'{"query": "q", "documents": ["a"]}'
+    headers = {"X-Tenant-ID": "team-a", "Content-Type": "application/json"}
+    assert (await client.post("/v1/rerank", data=body, headers=headers)).status == 200
+    assert world.a.received[0].body == body
+
+
 async def test_unknown_tenant_uses_the_default_upstreams(aiohttp_client: Any, world: World, tmp_path: Path) -> None:
     client = await with_tenants(aiohttp_client, world, world.config(tmp_path))
     resp = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Tenant-ID": "team-zzz"})

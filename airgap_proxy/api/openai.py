@@ -136,7 +136,7 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     waiting = time.perf_counter()
     body = await read_body(request, config.limits.max_body_bytes, config.timeouts.client_body_s)
     audit.waited_s += time.perf_counter() - waiting
-    parsed = payload_mod.parse_payload(tail, request.method, body, request.content_type)
+    parsed = payload_mod.parse_payload(tail, request.method, body)
     audit.stream = parsed.stream
     model = routing.requested_model(parsed.model, config.default_model)
     audit.model = model
@@ -159,8 +159,7 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
         if routing.plan(permitted, pool.view):  # available, but each one at its max_in_flight
             raise _busy(permitted[0].upstream)
         return await fallback_http.respond(request, gen, tail, parsed, model, forced=False)
-    hints = payload_mod.hints_in(parsed)
-    audit.stripped = hints
+    audit.stripped = payload_mod.hints_in(parsed)
     for number, candidate in enumerate(attempts, start=1):
         last = number == len(attempts)
         runtime = pool.runtimes[candidate.upstream.name]
@@ -170,10 +169,7 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
                 raise _busy(runtime.config)
             continue
         _record_policy(runtime, audit)
-        send_body = body
-        new_model = candidate.model if candidate.model != parsed.model else None
-        if parsed.data is not None and (new_model is not None or hints):
-            send_body = payload_mod.rewritten(parsed, new_model)
+        send_body = payload_mod.body_to_send(tail, parsed, body, candidate.model)
         runtime.in_flight += 1
         try:
             try:
@@ -243,12 +239,8 @@ async def proxy_tenant(
         raise InternalError(f"The API key of tenant {provider.tenant!r} cannot be decrypted: {exc}") from None
     model = routing.requested_model(parsed.model, provider.model)
     audit.model = model
-    send_body = body
-    hints = payload_mod.hints_in(parsed)
-    audit.stripped = hints
-    new_model = model if model != parsed.model else None
-    if parsed.data is not None and (new_model is not None or hints):
-        send_body = payload_mod.rewritten(parsed, new_model)
+    audit.stripped = payload_mod.hints_in(parsed)
+    send_body = payload_mod.body_to_send(tail, parsed, body, model)
     response = await _send(request, gen, provider.upstream(api_key), tail=tail, body=send_body, audit=audit)
     try:
         return await _relay(request, gen, response, audit)

@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
 from airgap_proxy.app import create_app
 from tests.conftest import PROXY_ENV_VARS, FakeResolver, make_config
@@ -498,6 +499,38 @@ async def test_connection_refused_falls_back_when_deterministic(aiohttp_client: 
     assert resp.status == 200
     assert resp.headers["X-Airgap-Upstream"] == "deterministic"
     assert (await resp.json())["system_fingerprint"] == "fp_airgap_deterministic"
+
+
+async def test_a_fallback_after_an_upstream_failure_says_why_in_the_audit_event(aiohttp_client: Any) -> None:
+    async def reset_on_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        reset(writer)
+
+    server = await asyncio.start_server(reset_on_request, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = make_config(
+        {"upstreams": [{"name": "flaky", "base_url": f"http://127.0.0.1:{port}/v1"}], "health": {"interval_s": 60}}
+    )
+    client = await aiohttp_client(create_app(config))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            resp = await client.post("/v1/chat/completions", json=chat("m"))
+            assert resp.status == 200
+            assert resp.headers["X-Airgap-Upstream"] == "deterministic"
+            # Now marked down: the next fallback names the health failure instead.
+            for _ in range(5):
+                await client.post("/v1/chat/completions", json=chat("m"))
+    finally:
+        server.close()
+    audits = [e for e in logs if e["event"] == "request"]
+    first = audits[0]
+    assert first["decision"] == "fallback" and first["upstream"] == "deterministic"
+    assert first["error"] is not None
+    assert first["error"].startswith("upstream flaky failed: ")
+    assert first["error_code"] is None  # the client got a 200: not an error sent
+    last = audits[-1]
+    assert last["decision"] == "fallback"
+    assert last["error"] is not None and last["error"].startswith("no upstream available (flaky: ")
 
 
 async def test_reset_before_headers_is_502(proxy: Proxy, session: aiohttp.ClientSession) -> None:

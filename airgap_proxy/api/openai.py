@@ -158,6 +158,7 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
         audit.upstream = permitted[0].upstream.name
         if routing.plan(permitted, pool.view):  # available, but each one at its max_in_flight
             raise _busy(permitted[0].upstream)
+        audit.error = _unavailable_cause(gen, permitted)
         return await fallback_http.respond(request, gen, tail, parsed, model, forced=False)
     audit.stripped = payload_mod.hints_in(parsed)
     for number, candidate in enumerate(attempts, start=1):
@@ -178,6 +179,8 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
                 pool.observe(runtime.config.name, False, exc.message)
                 if last:
                     if fallback_http.enabled_for(gen, tail, request.method):
+                        # The fallback answers; the audit event says what it answered for.
+                        audit.error = f"upstream {runtime.config.name} failed: {exc.message}"
                         return await fallback_http.respond(request, gen, tail, parsed, model, forced=False)
                     raise
                 continue
@@ -246,6 +249,15 @@ async def proxy_tenant(
         return await _relay(request, gen, response, audit)
     finally:
         response.release()
+
+
+def _unavailable_cause(gen: Generation, permitted: list[routing.Candidate]) -> str:
+    """Why no permitted upstream is available: each one's last health failure."""
+    causes = []
+    for candidate in permitted:
+        health = gen.pool.runtimes[candidate.upstream.name].health
+        causes.append(f"{candidate.upstream.name}: {health.last_error or health.status.value}")
+    return "no upstream available (" + "; ".join(causes) + ")"
 
 
 def _refuse(gen: Generation, name: str, audit: Audit) -> None:

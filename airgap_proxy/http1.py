@@ -5,6 +5,9 @@ forwarding needs: the request head and body go out in one write; the
 response is parsed by llhttp (``httptools``) and its body handed over as it
 arrives, with back-pressure (reading pauses while the client is slower).
 It never follows redirects, never reads proxy variables, never decompresses.
+A response head or trailer section over its limits (``MAX_HEAD_BYTES``,
+``MAX_LINE_BYTES``, ``MAX_FIELDS``) fails the request as soon as it is seen,
+and the connection is closed.
 
 It opens no connection itself: the pool asks the egress module's connect
 function (:mod:`airgap_proxy.egress`, the one chokepoint) for each new one.

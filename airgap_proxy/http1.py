@@ -5,6 +5,9 @@ forwarding needs: the request head and body go out in one write; the
 response is parsed by llhttp (``httptools``) and its body handed over as it
 arrives, with back-pressure (reading pauses while the client is slower).
 It never follows redirects, never reads proxy variables, never decompresses.
+A response head or trailer section over its limits (``MAX_HEAD_BYTES``,
+``MAX_LINE_BYTES``, ``MAX_FIELDS``) fails the request as soon as it is seen,
+and the connection is closed.
 
 It opens no connection itself: the pool asks the egress module's connect
 function (:mod:`airgap_proxy.egress`, the one chokepoint) for each new one.
@@ -13,16 +16,20 @@ Keep-alive: an idle connection is reused most-recent first and dropped after
 ``idle_s`` (below the 5 s keep-alive timeout of uvicorn, which serves vLLM
 and LiteLLM). A reused connection that the upstream closes before sending a
 single response byte is the usual idle-close race: the request is sent once
-more on a new connection, never after any byte of a response.
+more on a new connection, never after any byte of a response. A connection
+that received any byte while idle (a late or unsolicited response) is closed,
+never reused: those bytes are no answer to the next request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import re
+import termios
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import NamedTuple, cast
+from typing import NamedTuple, Protocol, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -39,12 +46,24 @@ _TOKENS_SEEN: set[str] = set()
 _TOKENS_CACHE = 4096
 # How often timeouts of requests in flight are checked (their resolution).
 SWEEP_S = 0.1
+# An upstream's response head (every 1xx head before it included) and its trailer
+# section are held whole until parsed, so each is bounded: aiohttp's 8190-byte line,
+# llhttp-based servers' 64 KiB head (Node's is 16 KiB, nginx's upstream buffer 4-8 KiB),
+# and 128 fields. An LLM API's head is 1-2 KiB and 20-40 fields.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_LINE_BYTES = 8190
+MAX_FIELDS = 128
+_INVALID = "upstream sent an invalid HTTP response"
 
 
 class Origin(NamedTuple):
     scheme: str
     host: str
     port: int
+
+
+class HeadTooLarge(UpstreamError):
+    """An upstream's response head or trailer section is over one of the limits above."""
 
 
 class StaleConnection(Exception):
@@ -161,6 +180,10 @@ class Http1Connection(asyncio.Protocol):
         self._response: UpstreamResponse | None = None
         self._headers: list[tuple[str, str]] = []
         self._head_waiter: asyncio.Future[None] | None = None
+        self._socket: _Socket | None = None
+        self._unframed = 0  # bytes fed since the last body bytes: a head or trailer section, bounded
+        self._head_bytes = 0
+        self._fields = 0
         self._received = False
         self._until_close = False
         self._no_body = False
@@ -176,6 +199,7 @@ class Http1Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self._socket = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         if self._response is None:
@@ -183,10 +207,18 @@ class Http1Connection(asyncio.Protocol):
             return
         self._received = True
         self._last_read = self.loop.time()
+        self._unframed += len(data)
         try:
             self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade, UpstreamError):
-            self._abort(UpstreamError("upstream sent an invalid HTTP response"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            cause = exc.__context__  # what a callback raised
+            self._abort(cause if isinstance(cause, UpstreamError) else UpstreamError(_INVALID))
+            return
+        except UpstreamError as exc:
+            self._abort(exc)
+            return
+        if self._unframed > MAX_HEAD_BYTES:  # a head or trailer section that has not ended yet
+            self._abort(self._too_large())
 
     def eof_received(self) -> bool:
         return False
@@ -218,8 +250,16 @@ class Http1Connection(asyncio.Protocol):
     def on_status(self, status: bytes) -> None:
         assert self._response is not None
         self._response.reason += status.decode("latin-1")  # llhttp may hand it over in pieces
+        self._count_head(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        line = len(name) + 2 + len(value)
+        if line > MAX_LINE_BYTES:
+            raise HeadTooLarge(f"upstream response header line is longer than {MAX_LINE_BYTES} bytes")
+        self._fields += 1
+        if self._fields > MAX_FIELDS:
+            raise HeadTooLarge(f"upstream response has more than {MAX_FIELDS} header fields")
+        self._count_head(line + 2)
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -236,6 +276,7 @@ class Http1Connection(asyncio.Protocol):
             return
         headers = CIMultiDict(self._headers)
         self._headers = []
+        self._head_bytes = self._fields = 0  # the trailer section, if any, has limits of its own
         response.status = status
         response.headers = CIMultiDictProxy(headers)
         content_type = headers.get("Content-Type", "")
@@ -253,6 +294,7 @@ class Http1Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         assert self._response is not None
+        self._unframed = 0
         if not self._no_body:
             self._response._feed(body)
 
@@ -273,6 +315,7 @@ class Http1Connection(asyncio.Protocol):
         response = UpstreamResponse(self)
         self._response = response
         self._received = False
+        self._unframed = self._head_bytes = self._fields = 0
         self._no_body = no_body
         self._until_close = False
         self._keep_alive = False
@@ -308,11 +351,28 @@ class Http1Connection(asyncio.Protocol):
             and not self.closed
             and self._keep_alive
         )
-        if reusable:
-            self.resume()  # a body that completed while reading was paused leaves the transport paused
-            self._pool.put(self)
-        else:
+        if not reusable:
             self.close()
+        elif self._paused:
+            # A body that completed while reading was paused: what arrived meanwhile (TLS may
+            # hold it decrypted, out of the socket's sight) is read before anyone may reuse it.
+            self.resume()
+            self.loop.call_soon(self._pool.put, self)
+        else:
+            self._pool.put(self)
+
+    def is_quiet(self) -> bool:
+        """True when nothing has arrived since the last response: an idle connection must be silent.
+
+        Bytes the event loop has not read yet are seen in the socket (one ``ioctl``); bytes it
+        has read already closed the connection (:meth:`data_received` without a request).
+        """
+        if self.closed or self._socket is None:
+            return False
+        try:
+            return fcntl.ioctl(self._socket.fileno(), termios.FIONREAD, _NO_BYTES) == _NO_BYTES
+        except OSError:
+            return False
 
     def pause(self) -> None:
         if not self._paused and self._transport is not None:
@@ -332,6 +392,16 @@ class Http1Connection(asyncio.Protocol):
             self._transport.close()
 
     # Internals
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise self._too_large()
+
+    def _too_large(self) -> HeadTooLarge:
+        response = self._response
+        part = "trailer section" if response is not None and response.status else "head"
+        return HeadTooLarge(f"upstream response {part} is larger than {MAX_HEAD_BYTES} bytes")
+
     def _set_head(self, error: BaseException | None) -> None:
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
@@ -364,6 +434,12 @@ class Http1Connection(asyncio.Protocol):
         elif now - self._last_read >= self._read_timeout_s:
             self._abort(UpstreamTimeout("upstream did not answer in time"))
 
+
+class _Socket(Protocol):
+    def fileno(self) -> int: ...
+
+
+_NO_BYTES = bytes(4)  # FIONREAD's int, as the buffer ioctl fills
 
 Connect = Callable[[Origin, "Http1Pool"], Awaitable[Http1Connection]]
 
@@ -431,7 +507,7 @@ class Http1Pool:
             self._sweep = loop.call_later(SWEEP_S, self._check_timeouts, loop)
 
     def put(self, conn: Http1Connection) -> None:
-        if self._closed:
+        if self._closed or conn.closed:
             conn.close()
             return
         conn.idle_since = conn.loop.time()
@@ -441,7 +517,7 @@ class Http1Pool:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self._idle_s:
+            if now - conn.idle_since < self._idle_s and conn.is_quiet():
                 return conn
             conn.close()
         return None

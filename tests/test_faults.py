@@ -31,11 +31,12 @@ import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 import structlog
+from aiohttp import web
 
 from airgap_proxy.app import create_app
 from tests.conftest import PROXY_ENV_VARS, FakeResolver, make_config
@@ -793,3 +794,232 @@ async def test_500_slow_clients_do_not_block_others(proxy: Proxy, session: aioht
             task.cancel()
     await normal_request(session, proxy)
     await wait_settled(proxy, rss, fds)
+
+
+# --------------------------------------------------------------------------- keep-alive upstreams, proxy in process
+
+
+def served_config(port: int) -> Any:
+    return make_config(
+        {
+            "upstreams": [{"name": "raw", "base_url": f"http://127.0.0.1:{port}/v1", "models": ["raw"]}],
+            "health": {"interval_s": 3600, "timeout_s": 1, "unhealthy_after": 1_000_000},
+            "fallback": {"mode": "error"},
+            "timeouts": {"connect_s": 2, "upstream_s": 5},
+        }
+    )
+
+
+def keep_alive_json(payload: Any, head: bytes = b"") -> bytes:
+    """A keep-alive JSON 200 with the extra header lines ``head``."""
+    body = json.dumps(payload).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        head,
+        len(body),
+        body,
+    )
+
+
+def header_lines(count: int, size: int) -> bytes:
+    """``count`` header lines of ``size`` bytes each (name, ": ", value)."""
+    return b"".join(b"X-F%04d: %s\r\n" % (i, b"v" * (size - 9)) for i in range(count))
+
+
+HUGE_HEAD = 16 * 1024 * 1024
+
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def serve_raw() -> Any:
+    """Factory: serve a raw handler on 127.0.0.1 in this loop; its port. Every connection ends with the test."""
+    servers: list[asyncio.Server] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def start(handler: RawHandler) -> int:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.add(task)
+            try:
+                with contextlib.suppress(ConnectionError):
+                    await handler(reader, writer)
+            finally:
+                writer.close()
+                tasks.discard(task)
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.close()
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for server in servers:
+        await server.wait_closed()
+
+
+@dataclass
+class HeadUpstream:
+    """Answers POSTs with ``head`` lines, or streams a header line of ``HUGE_HEAD`` bytes; counts what it wrote."""
+
+    head: bytes | None
+    written: list[int] = field(default_factory=list)
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A small send buffer: what was written is close to what the proxy took in.
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        while (request := await read_request(reader)) is not None:
+            if request.method == "GET" or self.head is not None:
+                writer.write(keep_alive_json(chat_completion(), self.head or b""))
+                await writer.drain()
+                continue
+            await self.stream_huge_head(writer)
+
+    async def stream_huge_head(self, writer: asyncio.StreamWriter) -> None:
+        written = 0
+        try:
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Huge: ")
+            while written < HUGE_HEAD:
+                writer.write(b"h" * 65536)
+                await writer.drain()
+                written += 65536
+            writer.write(b"\r\n" + keep_alive_json(chat_completion()).partition(b"\r\n")[2])
+            await writer.drain()
+        finally:
+            self.written.append(written)
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        pytest.param(None, "upstream response head is larger than 65536 bytes", id="one huge line, streamed"),
+        pytest.param(header_lines(200, 40), "upstream response has more than 128 header fields", id="too many"),
+        pytest.param(header_lines(1, 9000), "header line is longer than 8190 bytes", id="one long line"),
+    ],
+)
+async def test_an_oversized_upstream_head_is_a_502_and_read_no_further(
+    aiohttp_server: Any, serve_raw: Any, session: aiohttp.ClientSession, head: bytes | None, message: str
+) -> None:
+    upstream = HeadUpstream(head)
+    proxy = await aiohttp_server(create_app(served_config(await serve_raw(upstream))))
+    tracemalloc.start()
+    try:
+        async with session.post(f"http://127.0.0.1:{proxy.port}/v1/chat/completions", json=chat("raw")) as resp:
+            body = await resp.json()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert resp.status == 502, body
+    assert_envelope(body, "upstream_error")
+    assert message in body["error"]["message"]
+    assert peak < 4 * 1024 * 1024, f"{peak} bytes held while refusing an upstream head"
+    if head is None:
+        for _ in range(200):
+            if upstream.written:
+                break
+            await asyncio.sleep(0.01)
+        assert upstream.written and upstream.written[0] < HUGE_HEAD // 8  # the proxy hung up early
+
+
+async def test_an_upstream_head_just_under_the_limits_is_served(
+    aiohttp_server: Any, serve_raw: Any, session: aiohttp.ClientSession
+) -> None:
+    upstream = HeadUpstream(header_lines(100, 600))  # 60,000 bytes, 102 fields with the framing ones
+    proxy = await aiohttp_server(create_app(served_config(await serve_raw(upstream))))
+    for _ in range(2):
+        async with session.post(f"http://127.0.0.1:{proxy.port}/v1/chat/completions", json=chat("raw")) as resp:
+            body = await resp.json()
+        assert resp.status == 200, body
+        assert body["choices"][0]["message"]["content"] == "raw answer"
+
+
+class LateAnswerUpstream:
+    """A keep-alive upstream in a thread that, once told to, writes an unsolicited second answer.
+
+    It runs in a thread with blocking sockets so that it can write while the proxy's event
+    loop is held; ``requests`` records (connection, path) for every request it read.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.leak = threading.Event()
+        self.leaked = threading.Event()
+        self.requests: list[tuple[int, str]] = []
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                self.connections.append(conn)
+                threading.Thread(target=self.answer, args=(conn, len(self.connections)), daemon=True).start()
+
+    def answer(self, conn: socket.socket, index: int) -> None:
+        with contextlib.suppress(OSError), conn, conn.makefile("rb") as reader:
+            while line := reader.readline():
+                length = 0
+                while (header := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = header.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                reader.read(length)
+                self.requests.append((index, line.split(b" ")[1].decode()))
+                conn.sendall(keep_alive_json(chat_completion(f"answer on connection {index}")))
+                if line.startswith(b"POST") and not self.leak.is_set() and self.leak.wait(5):
+                    conn.sendall(keep_alive_json(chat_completion("LEAKED")))
+                    self.leaked.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def late_answer_upstream() -> Iterator[LateAnswerUpstream]:
+    upstream = LateAnswerUpstream()
+    yield upstream
+    upstream.close()
+
+
+async def test_a_late_unsolicited_answer_never_reaches_the_next_client(
+    aiohttp_server: Any, late_answer_upstream: LateAnswerUpstream
+) -> None:
+    """Client A's answer is followed on its connection by a stray one, while the proxy is busy.
+
+    A middleware holds the event loop (as a loaded proxy is held by other work) for client
+    B's request while the stray answer lands, so B's request takes the pooled connection
+    before any callback could have read the stray bytes.
+    """
+    upstream = late_answer_upstream
+
+    @web.middleware
+    async def busy(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.headers.get("X-Client") == "B":
+            upstream.leak.set()
+            assert upstream.leaked.wait(5)
+            time.sleep(0.05)  # holds the loop: the stray bytes wait unread in the kernel
+        return cast(web.StreamResponse, await handler(request))
+
+    app = create_app(served_config(upstream.port))
+    app.middlewares.insert(0, busy)
+    proxy = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{proxy.port}/v1/chat/completions"
+    answers = []
+    async with aiohttp.ClientSession() as session:
+        for client in ("A", "B"):
+            async with session.post(url, json=chat("raw"), headers={"X-Client": client}) as resp:
+                body = await resp.json()
+            assert resp.status == 200, body
+            answers.append(body["choices"][0]["message"]["content"])
+    posts = [index for index, path in upstream.requests if path == "/v1/chat/completions"]
+    assert answers == [f"answer on connection {posts[0]}", f"answer on connection {posts[1]}"]
+    assert posts[0] != posts[1]  # B's request went out on a new connection

@@ -14,7 +14,9 @@ import hashlib
 import ipaddress
 import socket
 import struct
+import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -939,6 +941,7 @@ async def test_connection_paused_when_its_response_completed_is_resumed_before_r
         assert response.body_if_complete() == body
     finally:
         response.release()
+    await asyncio.sleep(0)  # it rejoins the pool once what arrived while paused has been read
     second = await get(client, server.url(), timeout_s=1.0)
     try:
         assert await second.read(LIMIT) == b"answer 2"
@@ -1109,3 +1112,182 @@ async def test_bytes_after_a_complete_response_do_not_change_it(wire: Wire, clie
         response.release()
     assert await fetch(client, server.url()) == b"answer 2"
     assert server.connections == 2  # a connection that talked out of turn is not reused
+
+
+async def test_bytes_arriving_while_idle_are_never_the_next_answer(client: EgressClient) -> None:
+    """A late, unsolicited response that reached the socket before the next request was written.
+
+    The upstream runs in a thread and the event loop is held while the stray bytes land, so
+    the next request takes the pooled connection before any callback could have read them:
+    only a look at the socket itself tells the connection is not quiet.
+    """
+    leak = threading.Event()
+    leaked = threading.Event()
+    connections: list[socket.socket] = []
+
+    def serve(listener: socket.socket) -> None:
+        with suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                connections.append(conn)
+                threading.Thread(target=answer, args=(conn, len(connections)), daemon=True).start()
+
+    def answer(conn: socket.socket, index: int) -> None:
+        with suppress(OSError), conn:
+            reader = conn.makefile("rb")
+            while (line := reader.readline()) and line.startswith(b"GET"):
+                while reader.readline() not in (b"\r\n", b""):
+                    pass
+                conn.sendall(ok(b"answer on connection %d" % index))
+                if index == 1 and leak.wait(GUARD_S):
+                    conn.sendall(ok(b"LEAKED"))
+                    leaked.set()
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        threading.Thread(target=serve, args=(listener,), daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/x"
+        assert await fetch(client, url) == b"answer on connection 1"
+        leak.set()
+        assert leaked.wait(GUARD_S)
+        time.sleep(0.05)  # holds the loop: the stray bytes wait unread in the kernel
+        assert await fetch(client, url) == b"answer on connection 2"
+        for conn in connections:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+# Response head limits: an upstream cannot make the proxy hold (or relay) an unbounded head
+
+HUGE = 16 * 1024 * 1024
+
+
+def fields(count: int, size: int = 10) -> bytes:
+    """``count`` header lines of ``size`` bytes each (name, ": ", value)."""
+    return b"".join(b"X-F%04d: %s\r\n" % (i, b"v" * (size - 9)) for i in range(count))
+
+
+async def stream_until_hung_up(peer: Peer, start: bytes, filler: bytes, total: int, end: bytes) -> int:
+    """Send ``start``, then ``filler`` up to ``total`` bytes, then ``end``; the bytes written before a hang-up."""
+    # A small send buffer: what was written is close to what the client took in.
+    peer.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    written = 0
+    try:
+        await peer.send(start)
+        while written < total:
+            await peer.send(filler)
+            written += len(filler)
+        await peer.send(end)
+        await peer.client_closed()
+    except ConnectionError:
+        pass
+    return written
+
+
+async def test_a_huge_header_line_is_refused_before_its_end(wire: Wire, client: EgressClient) -> None:
+    written: list[int] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.read_request()
+        start, end = b"HTTP/1.1 200 OK\r\nX-Huge: ", b"\r\nContent-Length: 2\r\n\r\nok"
+        written.append(await stream_until_hung_up(peer, start, b"h" * 65536, HUGE, end))
+
+    server = await wire.server(script)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpstreamError, match="upstream response head is larger than 65536 bytes"):
+            await get(client, server.url())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    for _ in range(200):
+        if written:
+            break
+        await asyncio.sleep(0.01)
+    assert written and written[0] < HUGE // 8  # the client hung up long before the head ended
+    assert peak < 2 * 1024 * 1024, f"{peak} bytes held while refusing the head"
+
+
+def answer_with(head: bytes) -> bytes:
+    """A keep-alive 200 whose head carries the header lines ``head``."""
+    return b"HTTP/1.1 200 OK\r\n%sContent-Length: 2\r\n\r\nok" % head
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        pytest.param(answer_with(fields(128)), "more than 128 header fields", id="too many fields"),
+        pytest.param(answer_with(fields(1, 8191)), "header line is longer than 8190 bytes", id="one line too long"),
+        pytest.param(answer_with(fields(9, 8000)), "head is larger than 65536 bytes", id="head too large"),
+        pytest.param(
+            b"HTTP/1.1 103 Early Hints\r\n%s\r\n%s" % (fields(100), answer_with(fields(30))),
+            "more than 128 header fields",
+            id="informational heads count",
+        ),
+    ],
+)
+async def test_a_head_over_a_limit_is_refused_and_the_connection_closed(
+    wire: Wire, client: EgressClient, answer: bytes, error: str
+) -> None:
+    closed = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        if peer.index > 1:
+            return await serve_ok_forever(peer)
+        await peer.read_request()
+        await peer.send(answer)
+        if await peer.client_closed():
+            closed.set()
+
+    server = await wire.server(script)
+    with pytest.raises(UpstreamError, match=error):
+        await get(client, server.url())
+    await asyncio.wait_for(closed.wait(), GUARD_S)
+    assert await fetch(client, server.url()) == b"answer 2"
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(fields(127), id="128 fields with Content-Length"),
+        pytest.param(fields(1, 8190), id="a line of 8190 bytes"),
+        pytest.param(fields(8, 8000), id="a head just under 64 KiB"),
+    ],
+)
+async def test_a_head_at_the_limits_is_relayed_and_reused(wire: Wire, client: EgressClient, head: bytes) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(answer_with(head))
+        await serve_ok_forever(peer)
+
+    server = await wire.server(script)
+    response = await get(client, server.url())
+    try:
+        assert len(response.headers) == head.count(b"\r\n") + 1
+        assert await response.read(LIMIT) == b"ok"
+    finally:
+        response.release()
+    assert await fetch(client, server.url()) == b"answer 2"
+    assert server.connections == 1
+
+
+async def test_a_huge_trailer_fails_the_body_before_its_end(wire: Wire, client: EgressClient) -> None:
+    written: list[int] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.read_request()
+        start = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(b"data")[:-2] + b"X-Huge: "
+        written.append(await stream_until_hung_up(peer, start, b"t" * 65536, HUGE, b"\r\n\r\n"))
+
+    server = await wire.server(script)
+    response = await get(client, server.url())
+    try:
+        with pytest.raises(UpstreamError, match="upstream response trailer section is larger than 65536 bytes"):
+            await response.read(LIMIT)
+    finally:
+        response.release()
+    for _ in range(200):
+        if written:
+            break
+        await asyncio.sleep(0.01)
+    assert written and written[0] < HUGE // 8

@@ -253,6 +253,14 @@ def format_status(report: dict[str, Any]) -> str:
         f"airgapped         {report.get('airgapped')}",
         f"fallback_active   {report.get('fallback_active')}",
     ]
+    if report.get("reachable") is not True and report.get("fallback_active") is True and report.get("upstream"):
+        lines.append("")
+        answer = (
+            "the deterministic fallback answers"
+            if report.get("fallback_mode") == "deterministic"
+            else "requests get 503 (fallback.mode: error)"
+        )
+        lines.append(f"upstream {report.get('upstream')} is not reachable: {answer}")
     upstreams = report.get("upstreams") or []
     if upstreams:
         columns = ("name", "provider_type", "verdict", "health", "in_flight", "base_url")

@@ -70,13 +70,55 @@ async def test_external_upstream_is_not_compliant_and_never_probed(aiohttp_clien
     await asyncio.sleep(0.2)
     status = await status_of(client)
     assert status["airgap_compliant"] is False
-    assert status["reachable"] is True  # the fallback answers
+    # The configured provider is refused, so it is not reachable; the fallback answers.
+    assert status["provider_type"] == "local-openai-compatible"
+    assert status["reachable"] is False
     assert status["fallback_active"] is True
     [detail] = status["upstreams"]
     assert detail["verdict"] == "external"
     assert detail["permitted"] is False
     assert detail["health"] == "unknown"
     assert resolver.calls == []
+
+
+async def test_a_stopped_local_server_is_unreachable_while_the_fallback_answers(
+    aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    # The reference page's check: "reachable: false -> local server not running".
+    fake = FakeUpstream()
+    server = await aiohttp_server(fake.app())
+    config = make_config(
+        {"health": {"interval_s": 0.05, "timeout_s": 0.5}},
+        {
+            "LLM_BASE_URL": f"http://127.0.0.1:{server.port}/v1",
+            "LLM_MODEL": "llama3.2:3b",
+            "LLM_PROVIDER_TYPE": "local-ollama",
+        },
+    )
+    client = await aiohttp_client(create_app(config))
+    for _ in range(40):
+        if (await status_of(client))["reachable"]:
+            break
+        await asyncio.sleep(0.05)
+    await server.close()
+    for _ in range(100):
+        status = await status_of(client)
+        if status["fallback_active"]:
+            break
+        await asyncio.sleep(0.05)
+    assert {k: status[k] for k in REFERENCE_FIELDS} == {
+        "provider_type": "local-ollama",
+        "model": "llama3.2:3b",
+        "reachable": False,
+        "airgap_compliant": True,
+    }
+    assert status["fallback_active"] is True
+    assert status["upstream"] == "default"
+    [detail] = status["upstreams"]
+    assert detail["health"] == "unhealthy" and detail["last_error"]
+    # And the fallback really answers meanwhile.
+    resp = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status == 200 and resp.headers["X-Airgap-Upstream"] == "deterministic"
 
 
 async def test_name_upstream_is_classified_for_the_report(aiohttp_client: Any) -> None:

@@ -1,10 +1,12 @@
 """``GET /api/v1/llm/status``: is the resolved provider reachable and air-gap compliant?
 
 The four fields of the reference page keep their meaning:
-``provider_type`` and ``model`` of the provider that would answer now,
-``reachable`` (its last health check succeeded, or it is the deterministic
-fallback), and ``airgap_compliant`` (no configured upstream would make an
-external call). ``airgapped``, ``fallback_active`` and per-upstream detail
+``provider_type`` and ``model`` of the configured provider (the upstream
+that answers, else the one meant to: up or down), ``reachable`` (its last
+health check succeeded: ``false`` while the local server is down, even when
+the fallback answers), and ``airgap_compliant`` (no configured upstream would
+make an external call). With no upstream configured the deterministic
+fallback is the provider. ``airgapped``, ``fallback_active`` and per-upstream detail
 come on top.
 
 ``?tenant=ID`` (or ``X-Tenant-ID``) gives that tenant's view: its own
@@ -31,7 +33,7 @@ from airgap_proxy.fallback_http import DEFAULT_FALLBACK_MODEL, DETERMINISTIC
 from airgap_proxy.health import HealthStatus
 from airgap_proxy.state import AUDIT_KEY, STATE, AppState, TenantProbe
 from airgap_proxy.tenants import TENANT_HEADER, StoredProvider
-from airgap_proxy.upstreams import Probe, UpstreamRuntime, probe_endpoint
+from airgap_proxy.upstreams import Probe, UpstreamPool, UpstreamRuntime, probe_endpoint
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -81,12 +83,16 @@ async def status_report(state: AppState) -> dict[str, Any]:
     fallback_active = not attempts
     report: dict[str, Any] = {}
     upstream_name: str | None
-    if attempts:
-        chosen = pool.runtimes[attempts[0].upstream.name]
+    # The configured provider, whether or not it is up: the one that answers, else
+    # the first permitted one, else the first configured. A stopped local server
+    # shows reachable: false even while the fallback answers (fallback_active).
+    described = attempts[0] if attempts else _configured(candidates, pool)
+    if described is not None:
+        chosen = pool.runtimes[described.upstream.name]
         report |= {
             "provider_type": chosen.config.provider_type.value,
-            "model": config.default_model or attempts[0].model or _first_model(chosen),
-            "reachable": chosen.health.status is HealthStatus.HEALTHY,
+            "model": config.default_model or described.model or _first_model(chosen),
+            "reachable": bool(attempts) and chosen.health.status is HealthStatus.HEALTHY,
         }
         upstream_name = chosen.config.name
     else:
@@ -105,6 +111,13 @@ async def status_report(state: AppState) -> dict[str, Any]:
         "upstreams": details,
     }
     return report
+
+
+def _configured(candidates: list[routing.Candidate], pool: UpstreamPool) -> routing.Candidate | None:
+    """The provider a request for the default model is meant for, available or not."""
+    permitted = [c for c in candidates if pool.permitted(c.upstream.name)]
+    ranked = permitted or candidates
+    return min(ranked, key=lambda c: c.upstream.priority) if ranked else None
 
 
 def _first_model(runtime: UpstreamRuntime) -> str | None:

@@ -8,6 +8,8 @@ or a routing hint must go.
 from __future__ import annotations
 
 import json
+import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,3 +158,42 @@ def rewritten(payload: Payload, model: str | None) -> bytes:
     if model is not None:
         data["model"] = model
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+_BOUNDARY = re.compile(r'boundary=(?:"([^"]{1,200})"|([^\s;]{1,200}))', re.IGNORECASE)
+_PART_NAME = re.compile(rb'(?im)^content-disposition:[^\r\n]*?[;\s]name="([^"\r\n]*)"')
+
+
+def refuse_form_hints(body: bytes, content_type: str) -> None:
+    """400 for a form body (an audio upload, say) that carries a routing hint.
+
+    A gateway reads form fields as parameters, and a form cannot be rewritten
+    without re-encoding the upload, so such a request is refused, not edited.
+    """
+    lowered = content_type.lower()
+    if lowered.startswith("multipart/form-data"):
+        names = _multipart_names(body, content_type)
+    elif lowered.startswith("application/x-www-form-urlencoded"):
+        text = body.decode("latin-1")
+        names = [name for name, _ in urllib.parse.parse_qsl(text, keep_blank_values=True)]
+    else:
+        return
+    for name in names:
+        if name in ROUTING_HINTS:
+            raise InvalidRequest(
+                f"The form field '{name}' is a routing hint: the proxy decides where requests go", param=name
+            )
+
+
+def _multipart_names(body: bytes, content_type: str) -> list[str]:
+    match = _BOUNDARY.search(content_type)
+    if match is None:
+        return []
+    delimiter = b"--" + (match.group(1) or match.group(2)).encode("latin-1")
+    names = []
+    for part in body.split(delimiter)[1:]:
+        head = part.split(b"\r\n\r\n", 1)[0]
+        found = _PART_NAME.search(head)
+        if found is not None:
+            names.append(found.group(1).decode("latin-1"))
+    return names

@@ -73,6 +73,8 @@ class FakeUpstream:
             return web.json_response(
                 {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake"}]}
             )
+        if path.endswith("/audio/transcriptions"):  # a multipart upload, not JSON
+            return web.json_response({"text": "transcribed"})
         data = json.loads(body) if body else {}
         if path.endswith("/chat/completions"):
             if data.get("stream"):

@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
@@ -513,6 +514,39 @@ async def test_routing_hints_are_stripped_whatever_the_content_type(
     assert sent["top_n"] == 3 and sent["messages"] == CHAT["messages"]
     [audit] = [e for e in logs if e["event"] == "request"]
     assert sorted(audit["stripped_fields"]) == sorted([*hints, "fallbacks"])
+
+
+def transcription_form(**fields: str) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("model", "whisper-1")
+    # File bytes that look like a hint field must not count: only part heads do.
+    form.add_field("file", b'RIFF\x00\x01 name="api_base"\r\n', filename="a.wav", content_type="audio/wav")
+    for name, value in fields.items():
+        form.add_field(name, value)
+    return form
+
+
+@pytest.mark.parametrize("hint", ["api_base", "base_url", "api_key", "fallbacks"])
+@pytest.mark.parametrize("encoding", ["multipart", "urlencoded"])
+async def test_a_form_body_with_a_routing_hint_is_refused(
+    aiohttp_client: Any, upstream: tuple[FakeUpstream, str], hint: str, encoding: str
+) -> None:
+    fake, base = upstream
+    client = await proxy_for(aiohttp_client, base)
+    if encoding == "multipart":
+        data: Any = transcription_form(**{hint: "https://api.openai.com/v1"})
+    else:
+        data = {"model": "m", hint: "https://api.openai.com/v1"}
+    resp = await client.post("/v1/audio/transcriptions", data=data)
+    assert resp.status == 400
+    body = await resp.json()
+    assert_envelope(body, "invalid_request_error")
+    assert body["error"]["param"] == hint
+    assert fake.received == []
+    # Without the hint the same upload goes through, byte for byte.
+    ok = await client.post("/v1/audio/transcriptions", data=transcription_form(language="en"))
+    assert ok.status == 200
+    assert b'name="language"' in fake.received[0].body
 
 
 @pytest.mark.parametrize(

@@ -137,6 +137,8 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, config.limits.max_body_bytes, config.timeouts.client_body_s)
     audit.waited_s += time.perf_counter() - waiting
     parsed = payload_mod.parse_payload(tail, request.method, body)
+    if parsed.data is None and body:
+        payload_mod.refuse_form_hints(body, request.headers.get("Content-Type", ""))
     audit.stream = parsed.stream
     model = routing.requested_model(parsed.model, config.default_model)
     audit.model = model

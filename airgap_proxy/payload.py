@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,8 +173,7 @@ def refuse_form_hints(body: bytes, content_type: str) -> None:
     if lowered.startswith("multipart/form-data"):
         names = _multipart_names(body, content_type)
     elif lowered.startswith("application/x-www-form-urlencoded"):
-        text = body.decode("latin-1")
-        names = [name for name, _ in urllib.parse.parse_qsl(text, keep_blank_values=True)]
+        names = [_form_unquote(pair.split(b"=", 1)[0]) for pair in body.split(b"&")]
     else:
         return
     for name in names:
@@ -183,6 +181,15 @@ def refuse_form_hints(body: bytes, content_type: str) -> None:
             raise InvalidRequest(
                 f"The form field '{name}' is a routing hint: the proxy decides where requests go", param=name
             )
+
+
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def _form_unquote(name: bytes) -> str:
+    """A form field name as a server reads it (``+`` is a space, ``%XX`` a byte)."""
+    raw = _PERCENT.sub(lambda m: bytes([int(m.group(1), 16)]), name.replace(b"+", b" "))
+    return raw.decode("utf-8", "replace")
 
 
 def _multipart_names(body: bytes, content_type: str) -> list[str]:

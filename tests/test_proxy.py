@@ -536,8 +536,10 @@ async def test_a_form_body_with_a_routing_hint_is_refused(
     if encoding == "multipart":
         data: Any = transcription_form(**{hint: "https://api.openai.com/v1"})
     else:
-        data = {"model": "m", hint: "https://api.openai.com/v1"}
-    resp = await client.post("/v1/audio/transcriptions", data=data)
+        encoded = hint.replace("_", "%5F")  # percent-encoded, as a gateway decodes it
+        data = f"model=m&{encoded}=https%3A%2F%2Fapi.openai.com%2Fv1".encode()
+    headers = {} if encoding == "multipart" else {"Content-Type": "application/x-www-form-urlencoded"}
+    resp = await client.post("/v1/audio/transcriptions", data=data, headers=headers)
     assert resp.status == 400
     body = await resp.json()
     assert_envelope(body, "invalid_request_error")

@@ -30,7 +30,7 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from airgap_proxy import policy
-from airgap_proxy.errors import AirgapViolation, UpstreamError, UpstreamTimeout
+from airgap_proxy.errors import AirgapViolation, UpstreamConnectTimeout, UpstreamError, UpstreamTimeout
 from airgap_proxy.http1 import Http1Connection, Http1Pool, Origin, UpstreamResponse
 from airgap_proxy.targets import IPAddress, Target
 
@@ -199,7 +199,7 @@ class EgressClient:
                 return conn
             except TimeoutError:
                 sock.close()
-                raise UpstreamTimeout("upstream did not accept the connection in time") from None
+                raise UpstreamConnectTimeout("upstream did not accept the connection in time") from None
             except ssl.SSLError as exc:
                 sock.close()
                 raise UpstreamError(f"TLS with the upstream failed: {exc.reason or exc.__class__.__name__}") from None

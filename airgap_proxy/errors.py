@@ -138,6 +138,14 @@ class UpstreamTimeout(ProxyError):
     code = "upstream_timeout"
 
 
+class UpstreamConnectTimeout(UpstreamTimeout):
+    """The upstream did not accept the connection in time.
+
+    Nothing was sent, so, unlike a slow answer, it is safe to try the next
+    upstream, and it counts against health like a refused connection.
+    """
+
+
 class InternalError(ProxyError):
     status = 500
     type = "server_error"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from airgap_proxy import health, policy, routing
 from airgap_proxy.config import Config, ProviderType, UpstreamConfig
 from airgap_proxy.egress import EgressClient
-from airgap_proxy.errors import ProxyError, UpstreamTimeout
+from airgap_proxy.errors import ProxyError, UpstreamConnectTimeout, UpstreamTimeout
 from airgap_proxy.logs import get_logger
 
 ROUTE_CACHE = 1024
@@ -171,6 +171,9 @@ async def probe_endpoint(egress: EgressClient, upstream: UpstreamConfig, timeout
             body = await egress.read_limited(response, MAX_PROBE_BODY)
         finally:
             response.release()
+    except UpstreamConnectTimeout as exc:
+        # A busy server still accepts connections: this one is down, not busy.
+        return Probe(False, exc.message)
     except UpstreamTimeout as exc:
         return Probe(False, exc.message, timed_out=True)
     except ProxyError as exc:

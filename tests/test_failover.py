@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+from aiohttp import web
+
 from airgap_proxy.app import create_app
+from airgap_proxy.health import HealthStatus
+from airgap_proxy.state import STATE
+from airgap_proxy.upstreams import probe_once
 from tests.conftest import make_config
 from tests.fakes import FakeUpstream
 
@@ -120,3 +129,87 @@ async def test_fallback_mode_error_gives_503_with_retry_after(aiohttp_client: An
     forced = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Airgap-Mode": "deterministic"})
     assert forced.status == 200
     assert forced.headers["X-Airgap-Upstream"] == "deterministic"
+
+
+class BlackHole:
+    """A loopback port that never completes a connect: its accept queue is full and SYNs are dropped."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", self.port))
+            self.fillers.append(filler)
+
+    def close(self) -> None:
+        for sock in (*self.fillers, self.listener):
+            sock.close()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    yield hole
+    hole.close()
+
+
+def black_hole_config(hole: BlackHole, backup: str | None, **health: Any) -> Any:
+    upstreams = [{"name": "primary", "base_url": f"http://127.0.0.1:{hole.port}/v1"}]
+    if backup is not None:
+        upstreams.append({"name": "backup", "base_url": backup, "priority": 1})
+    return make_config(
+        {
+            "upstreams": upstreams,
+            "timeouts": {"connect_s": 0.2},
+            "health": {"interval_s": 60, "timeout_s": 0.5, "unhealthy_after": 2, **health},
+        }
+    )
+
+
+async def test_a_connect_timeout_fails_over_and_counts_against_health(
+    aiohttp_server: Any, aiohttp_client: Any, black_hole: BlackHole
+) -> None:
+    fake = FakeUpstream()
+    backup = await aiohttp_server(fake.app())
+    client = await aiohttp_client(create_app(black_hole_config(black_hole, f"http://127.0.0.1:{backup.port}/v1")))
+    served = []
+    for _ in range(4):
+        resp = await client.post("/v1/chat/completions", json=CHAT)
+        assert resp.status == 200, await resp.text()
+        served.append(resp.headers["X-Airgap-Upstream"])
+    # Nothing was sent to the primary, so the backup may answer; after two
+    # failures the primary is down and is not even tried.
+    assert served == ["backup"] * 4
+    status = await (await client.get("/api/v1/llm/status")).json()
+    assert {u["name"]: u["health"] for u in status["upstreams"]}["primary"] == "unhealthy"
+    assert len(fake.received) == 4
+
+
+async def test_a_connect_timeout_reaches_the_fallback(aiohttp_client: Any, black_hole: BlackHole) -> None:
+    client = await aiohttp_client(create_app(black_hole_config(black_hole, None)))
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["X-Airgap-Upstream"] == "deterministic"
+
+
+async def test_a_probe_that_cannot_connect_counts_while_requests_are_in_flight(black_hole: BlackHole) -> None:
+    # A busy single-slot server still accepts connections: only a slow answer is excused.
+    config = black_hole_config(black_hole, None, unhealthy_after=1)
+    state_app = create_app(config)
+    runner = web.AppRunner(state_app)
+    await runner.setup()
+    try:
+        state = state_app[STATE]
+        runtime = state.pool.runtimes["primary"]
+        runtime.in_flight = 1
+        await probe_once(state.pool, state.egress, runtime)
+        assert runtime.health.status is HealthStatus.UNHEALTHY
+        assert runtime.health.last_error is not None
+    finally:
+        await runner.cleanup()

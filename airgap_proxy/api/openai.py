@@ -19,7 +19,8 @@ For each request:
    connection is opened. Report-only mode forwards and records ``would_block``.
 8. Nothing available: the deterministic fallback (or 503 in ``error`` mode).
 9. Send through the egress client (which re-checks every address at connect
-   time). A connect failure or a 5xx before any byte reached the client is
+   time). A connect failure (a connect timeout included: nothing was sent)
+   or a 5xx before any byte reached the client is
    retried once on the next candidate; then the response is relayed chunk by
    chunk as it arrives.
 
@@ -53,6 +54,7 @@ from airgap_proxy.errors import (
     RequestTimeout,
     RequestTooLarge,
     UndecodableBody,
+    UpstreamConnectTimeout,
     UpstreamError,
 )
 from airgap_proxy.headers import (
@@ -177,7 +179,8 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
         try:
             try:
                 response = await _send(request, gen, runtime.config, tail=tail, body=send_body, audit=audit)
-            except UpstreamError as exc:
+            except (UpstreamError, UpstreamConnectTimeout) as exc:
+                # Nothing reached this upstream: the next one (or the fallback) may answer.
                 pool.observe(runtime.config.name, False, exc.message)
                 if last:
                     if fallback_http.enabled_for(gen, tail, request.method):

@@ -291,7 +291,9 @@ def test_llama_killed_fallback_then_back(real_setup: RealSetup, servers: Servers
     embedding = client(proxy).embeddings.create(model=LLAMA_MODEL, input="hi")
     assert embedding.data[0].embedding
     report = status(proxy)
-    assert report["fallback_active"] is True and report["provider_type"] == "deterministic"
+    # The status describes the configured provider, down: the reference page's "reachable: false".
+    assert report["fallback_active"] is True and report["provider_type"] == "local-llamacpp"
+    assert report["reachable"] is False and report["upstream"] == "llama"
 
     llama.start()  # back on the same port
     wait_for_health(proxy, "llama", "healthy")

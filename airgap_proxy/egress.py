@@ -110,6 +110,19 @@ class PolicyResolver(AbstractResolver):
         await self._inner.close()
 
 
+def connect_refusal(exc: BaseException) -> policy.Decision | None:
+    """The policy decision behind a connect-time refusal, found in the exception chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        found = current if isinstance(current, EgressRefused) else getattr(current, "os_error", None)
+        if isinstance(found, EgressRefused):
+            return found.decision
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class EgressClient:
     """The proxy's one outbound HTTP client. Create with :meth:`start`."""
 

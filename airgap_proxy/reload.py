@@ -71,7 +71,7 @@ async def start(generation: Generation) -> None:
             verdict=decision.verdict.value if decision else "checked_at_connect",
             reason=decision.reason if decision else None,
         )
-        if not pool.permitted(upstream.name):
+        if not pool.permitted_at_load(upstream.name):
             assert decision is not None
             _log.warning("upstream_blocked", upstream=upstream.name, reason=decision.reason)
     if pool.runtimes:

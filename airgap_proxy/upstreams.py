@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from airgap_proxy import health, policy, routing
 from airgap_proxy.config import Config, ProviderType, UpstreamConfig
-from airgap_proxy.egress import EgressClient
-from airgap_proxy.errors import ProxyError, UpstreamConnectTimeout, UpstreamTimeout
+from airgap_proxy.egress import EgressClient, connect_refusal
+from airgap_proxy.errors import AirgapViolation, ProxyError, UpstreamConnectTimeout, UpstreamTimeout
 from airgap_proxy.logs import get_logger
 
 ROUTE_CACHE = 1024
@@ -47,6 +47,14 @@ class UpstreamRuntime:
     in_flight: int = 0
     models: tuple[str, ...] = ()
     last_check_wall: float | None = None
+    # The policy's refusal of an address at connect time (a name that resolved
+    # outside): a compliance finding, kept until a probe gets through again.
+    refused: policy.Decision | None = None
+
+    @property
+    def verdict(self) -> policy.Decision | None:
+        """The decision that stands now: a connect-time refusal, else the load-time one."""
+        return self.refused or self.decision
 
 
 def probe_url(upstream: UpstreamConfig) -> str | None:
@@ -112,11 +120,28 @@ class UpstreamPool:
     def permitted(self, name: str) -> bool:
         """May traffic go to this upstream? (Names are re-checked at connect time.)"""
         runtime = self.runtimes[name]
+        if runtime.refused is not None and self.config.airgapped:
+            return False
+        return self.permitted_at_load(name)
+
+    def permitted_at_load(self, name: str) -> bool:
+        """The load-time verdict alone: may this upstream be probed?"""
+        runtime = self.runtimes[name]
         if runtime.decision is None or runtime.decision.is_local:
             return True
         if runtime.decision.verdict is policy.Verdict.INVALID:
             return False
         return not self.config.airgapped
+
+    def record_refusal(self, name: str, decision: policy.Decision | None) -> None:
+        """Note (or, with None, clear) a connect-time refusal of this upstream."""
+        runtime = self.runtimes[name]
+        if runtime.refused == decision:
+            return
+        if decision is not None:
+            _log.warning("upstream_refused_at_connect", upstream=name, reason=decision.reason)
+        runtime.refused = decision
+        self._routes.clear()  # which candidates are permitted changed
 
     def view(self, name: str) -> routing.UpstreamView:
         runtime = self.runtimes[name]
@@ -157,6 +182,7 @@ class Probe:
     status: int | None = None
     models: tuple[str, ...] = ()
     timed_out: bool = False
+    refused: policy.Decision | None = None
 
 
 async def probe_endpoint(egress: EgressClient, upstream: UpstreamConfig, timeout_s: float) -> Probe:
@@ -171,6 +197,8 @@ async def probe_endpoint(egress: EgressClient, upstream: UpstreamConfig, timeout
             body = await egress.read_limited(response, MAX_PROBE_BODY)
         finally:
             response.release()
+    except AirgapViolation as exc:
+        return Probe(False, exc.message, refused=connect_refusal(exc))
     except UpstreamConnectTimeout as exc:
         # A busy server still accepts connections: this one is down, not busy.
         return Probe(False, exc.message)
@@ -185,9 +213,15 @@ async def probe_endpoint(egress: EgressClient, upstream: UpstreamConfig, timeout
 
 async def probe_once(pool: UpstreamPool, egress: EgressClient, runtime: UpstreamRuntime) -> None:
     """Probe one upstream through the egress client and record the result."""
-    if probe_url(runtime.config) is None or not pool.permitted(runtime.config.name):
+    if probe_url(runtime.config) is None or not pool.permitted_at_load(runtime.config.name):
         return
     probe = await probe_endpoint(egress, runtime.config, pool.config.health.timeout_s)
+    if probe.refused is not None:
+        # Not a health state: the upstream is refused (422) until a probe gets through.
+        pool.record_refusal(runtime.config.name, probe.refused)
+        return
+    if probe.ok:
+        pool.record_refusal(runtime.config.name, None)
     if probe.timed_out and runtime.in_flight > 0:
         # A single-slot server (llama.cpp) answers probes only between
         # generations: a slow probe while it is busy is not a failure.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from typing import Any
 
@@ -183,3 +184,54 @@ async def test_deny_listed_names_are_refused_before_any_dns_lookup() -> None:
     finally:
         await client.close()
     assert resolver.calls == []
+
+
+async def test_a_connect_time_refusal_is_a_compliance_finding_not_a_health_state(
+    aiohttp_client: Any, recorder: Any
+) -> None:
+    """A name the probes find outside is refused (422) and reported non-compliant, never a canned 200."""
+    outside = await recorder("127.0.0.2")
+    # Outside for the two probes, then (for the status' own lookup, say) local again.
+    resolver = FakeResolver({"drift.test": [["127.0.0.2"], ["127.0.0.2"], ["127.0.0.1"]]})
+    url = f"http://drift.test:{outside.port}/v1"
+    raw = {
+        "policy": {"allow_networks": ["127.0.0.1/32"], "allow_hosts": []},
+        "health": {"interval_s": 0.05, "unhealthy_after": 2},
+    }
+    client = await aiohttp_client(create_app(make_config(raw, {"LLM_BASE_URL": url}), resolver=resolver))
+    for _ in range(100):
+        if resolver.calls.count("drift.test") >= 3:
+            break
+        await asyncio.sleep(0.02)
+    reason = "address 127.0.0.2 of host drift.test is not in allow_networks"
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 422, await resp.text()
+    body = await resp.json()
+    assert body["error"]["code"] == "airgap_violation"
+    assert body["error"]["message"] == reason
+    status = await (await client.get("/api/v1/llm/status")).json()
+    assert status["airgap_compliant"] is False
+    [detail] = status["upstreams"]
+    assert detail["verdict"] == "external" and detail["reason"] == reason
+    assert detail["permitted"] is False
+    assert outside.connections == 0
+
+
+async def test_a_connect_time_refusal_clears_once_a_probe_gets_through(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    local = FakeUpstream()
+    server = await aiohttp_server(local.app())
+    # Outside for the first probe, then local (DNS fixed): the next probe clears the finding.
+    resolver = FakeResolver({"fixed.test": [["127.0.0.2"], ["127.0.0.1"]]})
+    raw = {"policy": {"allow_networks": ["127.0.0.1/32"], "allow_hosts": []}, "health": {"interval_s": 0.05}}
+    url = f"http://fixed.test:{server.port}/v1"
+    client = await aiohttp_client(create_app(make_config(raw, {"LLM_BASE_URL": url}), resolver=resolver))
+    for _ in range(100):
+        status = await (await client.get("/api/v1/llm/status")).json()
+        if resolver.calls.count("fixed.test") >= 3 and status["reachable"]:
+            break
+        await asyncio.sleep(0.02)
+    assert status["airgap_compliant"] is True and status["upstreams"][0]["permitted"] is True
+    resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status == 200 and resp.headers["X-Airgap-Upstream"] == "default"

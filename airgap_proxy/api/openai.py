@@ -43,7 +43,7 @@ from airgap_proxy import crypto, fallback_http, policy, routing, tenants, usage
 from airgap_proxy import payload as payload_mod
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.config import UpstreamConfig
-from airgap_proxy.egress import EgressRefused
+from airgap_proxy.egress import connect_refusal
 from airgap_proxy.errors import (
     AirgapViolation,
     InternalError,
@@ -179,6 +179,11 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
         try:
             try:
                 response = await _send(request, gen, runtime.config, tail=tail, body=send_body, audit=audit)
+            except AirgapViolation as exc:
+                refused = connect_refusal(exc)
+                if refused is not None:
+                    pool.record_refusal(runtime.config.name, refused)
+                raise
             except (UpstreamError, UpstreamConnectTimeout) as exc:
                 # Nothing reached this upstream: the next one (or the fallback) may answer.
                 pool.observe(runtime.config.name, False, exc.message)
@@ -266,7 +271,7 @@ def _unavailable_cause(gen: Generation, permitted: list[routing.Candidate]) -> s
 
 
 def _refuse(gen: Generation, name: str, audit: Audit) -> None:
-    decision = gen.pool.runtimes[name].decision
+    decision = gen.pool.runtimes[name].verdict
     assert decision is not None
     audit.upstream = name
     audit.verdict = decision.verdict.value
@@ -300,26 +305,13 @@ async def _send(
     try:
         return await gen.egress.request(request.method, url, headers=headers, body=body or None)
     except AirgapViolation as exc:
-        refused = _connect_refusal(exc)
+        refused = connect_refusal(exc)
         audit.verdict = refused.verdict.value if refused else policy.Verdict.EXTERNAL.value
         audit.reason = exc.message
         audit.rule = refused.rule.value if refused else None
         raise
     finally:
         audit.waited_s += time.perf_counter() - sent_at
-
-
-def _connect_refusal(exc: BaseException) -> policy.Decision | None:
-    """The policy decision behind a connect-time refusal, found in the exception chain."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        found = current if isinstance(current, EgressRefused) else getattr(current, "os_error", None)
-        if isinstance(found, EgressRefused):
-            return found.decision
-        current = current.__cause__ or current.__context__
-    return None
 
 
 async def _relay(request: web.Request, gen: Generation, upstream: UpstreamResponse, audit: Audit) -> web.StreamResponse:

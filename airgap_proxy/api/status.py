@@ -43,8 +43,8 @@ def _iso(timestamp: float | None) -> str | None:
 
 
 async def _decision(state: AppState, runtime: UpstreamRuntime) -> policy.Decision:
-    if runtime.decision is not None:
-        return runtime.decision
+    if runtime.verdict is not None:
+        return runtime.verdict  # a connect-time refusal stands until a probe gets through
     assert runtime.config.target is not None
     return await state.egress.decide(runtime.config.target)
 

@@ -35,6 +35,7 @@ class Rule(enum.Enum):
     ALLOW_HOST = "allow_host"
     UNRESOLVED = "unresolved"
     ZONE = "zone"
+    PROVIDER_TYPE = "provider_type"
 
 
 # Reasons are templates; tests import them and format the expected text.

@@ -112,7 +112,7 @@ def static_decision(upstream: UpstreamConfig, rules: policy.Rules) -> policy.Dec
         return policy.Decision(
             policy.Verdict.EXTERNAL,
             REASON_HOSTED_TYPE.format(provider_type=upstream.provider_type.value),
-            policy.Rule.DENY_HOST,
+            policy.Rule.PROVIDER_TYPE,
         )
     if upstream.target is None:
         return policy.Decision(

@@ -301,10 +301,13 @@ async def test_hosted_provider_type_is_refused_even_on_a_local_url(
     fake, base = upstream
     config = make_config({"upstreams": [{"name": "sneaky", "provider_type": "openai", "base_url": base}]})
     client = await aiohttp_client(create_app(config))
-    resp = await client.post("/v1/chat/completions", json=CHAT)
+    with capture_logs() as logs:
+        resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.status == 422
     assert "hosted" in (await resp.json())["error"]["message"]
     assert fake.received == []
+    [audit] = [e for e in logs if e["event"] == "request"]
+    assert audit["rule"] == "provider_type"  # refused by its type, not by a deny-listed host
 
 
 # --- upstream failures ---------------------------------------------------------------------------

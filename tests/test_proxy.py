@@ -363,6 +363,30 @@ async def test_redirect_is_never_followed(aiohttp_client: Any, aiohttp_server: A
     assert second.received == []
 
 
+async def test_a_redirecting_candidate_is_passed_over_for_the_next(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    target = FakeUpstream()
+    target_server = await aiohttp_server(target.app())
+    backup = FakeUpstream()
+    backup_server = await aiohttp_server(backup.app())
+    first = FakeUpstream(redirect_to=f"http://127.0.0.1:{target_server.port}/v1/chat/completions")
+    first_server = await aiohttp_server(first.app())
+    config = make_config(
+        {
+            "upstreams": [
+                {"name": "redirecting", "base_url": f"http://127.0.0.1:{first_server.port}/v1"},
+                {"name": "backup", "base_url": f"http://127.0.0.1:{backup_server.port}/v1", "priority": 1},
+            ],
+            "health": {"interval_s": 60},
+        }
+    )
+    client = await aiohttp_client(create_app(config))
+    resp = await client.post("/v1/chat/completions", json=CHAT, allow_redirects=False)
+    assert resp.status == 200
+    assert resp.headers["X-Airgap-Upstream"] == "backup"
+    assert len(first.received) == 1 and len(backup.received) == 1
+    assert target.received == []  # never followed
+
+
 # --- streaming -----------------------------------------------------------------------------------
 
 

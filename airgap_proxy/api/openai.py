@@ -198,8 +198,8 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
                 # Only gateway-type failures count against health: a 500 is often
                 # the server's answer to one bad request (llama.cpp does that).
                 pool.observe(runtime.config.name, response.status not in UNHEALTHY_STATUSES, f"HTTP {response.status}")
-                if response.status >= 500 and not last:
-                    continue
+                if not last and (response.status >= 500 or _is_redirect(response.status)):
+                    continue  # a redirect is never followed: the next candidate may answer
                 return await _relay(request, gen, response, audit)
             finally:
                 response.release()
@@ -314,8 +314,12 @@ async def _send(
         audit.waited_s += time.perf_counter() - sent_at
 
 
+def _is_redirect(status: int) -> bool:
+    return 300 <= status < 400 and status != 304
+
+
 async def _relay(request: web.Request, gen: Generation, upstream: UpstreamResponse, audit: Audit) -> web.StreamResponse:
-    if 300 <= upstream.status < 400 and upstream.status != 304:
+    if _is_redirect(upstream.status):
         # Never followed, and never handed to the client to follow either.
         raise UpstreamError(f"upstream answered with a redirect ({upstream.status}), which is never followed")
     headers = client_response_headers(upstream.headers)

@@ -200,6 +200,7 @@ class EgressClient:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn: Http1Connection | None = None
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
                     await loop.sock_connect(sock, (host, port))
@@ -211,14 +212,16 @@ class EgressClient:
                     )
                 return conn
             except TimeoutError:
-                sock.close()
                 raise UpstreamConnectTimeout("upstream did not accept the connection in time") from None
             except ssl.SSLError as exc:
-                sock.close()
                 raise UpstreamError(f"TLS with the upstream failed: {exc.reason or exc.__class__.__name__}") from None
             except OSError as exc:
-                sock.close()
                 failure = exc
+            finally:
+                if conn is None:
+                    # Any way out but a connection (a failure, a timeout, the
+                    # client's cancellation) closes the socket now, not at GC.
+                    sock.close()
         reason = (failure.strerror if failure is not None else None) or "no address"
         raise UpstreamError(f"cannot connect to upstream: {reason}".lower())
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import ipaddress
+import os
+import socket
+import warnings
 from typing import Any
 
 import pytest
@@ -235,3 +240,41 @@ async def test_a_connect_time_refusal_clears_once_a_probe_gets_through(
     assert status["airgap_compliant"] is True and status["upstreams"][0]["permitted"] is True
     resp = await client.post("/v1/chat/completions", json=CHAT)
     assert resp.status == 200 and resp.headers["X-Airgap-Upstream"] == "default"
+
+
+async def test_a_cancelled_connect_closes_its_socket() -> None:
+    """A client that goes away mid-connect must not leave the socket to the garbage collector."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue: further connects hang (a black hole)
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    client = EgressClient(policy.Rules(), enforce=True, connect_timeout_s=30, read_timeout_s=30)
+    await client.start()
+    try:
+        gc.collect()
+        before = len(os.listdir("/proc/self/fd"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ResourceWarning)
+            for _ in range(5):
+                task = asyncio.ensure_future(
+                    client.request("GET", f"http://127.0.0.1:{port}/v1/models", headers={}, body=None)
+                )
+                await asyncio.sleep(0.05)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            # Closed when cancelled, not whenever the collector gets to it.
+            assert len(os.listdir("/proc/self/fd")) <= before
+            del task
+            gc.collect()
+    finally:
+        await client.close()
+        for sock in (*fillers, listener):
+            sock.close()

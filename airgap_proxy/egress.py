@@ -80,6 +80,13 @@ class PolicyResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
+        results, _ = await self.resolve_checked(host, port, family)
+        return results
+
+    async def resolve_checked(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> tuple[list[ResolveResult], policy.Decision]:
+        """The answer and the policy's decision on it (not local only in report-only mode)."""
         name = host.rstrip(".").lower()
         denied = policy.deny_host_match(name, self._rules)
         if denied is not None:
@@ -104,7 +111,7 @@ class PolicyResolver(AbstractResolver):
             if self._enforce:
                 raise EgressRefused(decision)
             self._on_would_block(decision)
-        return results
+        return results, decision
 
     async def close(self) -> None:
         await self._inner.close()
@@ -164,7 +171,7 @@ class EgressClient:
             await self._resolver.close()
             self._resolver = None
 
-    def _check_address(self, host: str) -> IPAddress:
+    def _check_address(self, host: str) -> tuple[IPAddress, policy.Decision]:
         """Re-check the exact address a socket is about to connect to."""
         address = ipaddress.ip_address(host.split("%", 1)[0])
         decision = policy.check_addresses(address.compressed, [address], self._rules)
@@ -172,17 +179,20 @@ class EgressClient:
             if self._enforce:
                 raise EgressRefused(decision)
             self._on_would_block(decision)
-        return address
+        return address, decision
 
     async def _connect(self, origin: Origin, pool: Http1Pool) -> Http1Connection:
         """Open a connection to ``origin``: resolve through the policy, check each address, connect."""
         assert self._resolver is not None
+        name_decision: policy.Decision | None = None
         try:
             ipaddress.ip_address(origin.host.split("%", 1)[0])
             candidates = [(origin.host, origin.port)]
         except ValueError:
             try:
-                results = await self._resolver.resolve(origin.host, origin.port, socket.AF_UNSPEC)
+                results, name_decision = await self._resolver.resolve_checked(
+                    origin.host, origin.port, socket.AF_UNSPEC
+                )
             except EgressRefused as exc:
                 raise AirgapViolation(exc.decision.reason) from exc
             except OSError as exc:
@@ -193,7 +203,7 @@ class EgressClient:
         failure: OSError | None = None
         for host, port in candidates:
             try:
-                address = self._check_address(host)
+                address, address_decision = self._check_address(host)
             except EgressRefused as exc:
                 raise AirgapViolation(exc.decision.reason) from exc
             family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
@@ -210,6 +220,9 @@ class EgressClient:
                         ssl=tls,
                         server_hostname=origin.host if tls is not None else None,
                     )
+                # What the policy said about this connection travels with every
+                # response on it, keep-alive reuse included, into the audit.
+                conn.decision = name_decision or address_decision
                 return conn
             except TimeoutError:
                 raise UpstreamConnectTimeout("upstream did not accept the connection in time") from None

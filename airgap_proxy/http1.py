@@ -34,6 +34,7 @@ from typing import NamedTuple, Protocol, cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from airgap_proxy import policy
 from airgap_proxy.errors import UpstreamError, UpstreamTimeout
 
 # Framing is ours: these are never taken from the caller's headers.
@@ -86,6 +87,11 @@ class UpstreamResponse:
         "reason",
         "status",
     )
+
+    @property
+    def decision(self) -> policy.Decision | None:
+        """The egress policy's decision on the connection this response came on."""
+        return self._conn.decision
 
     def __init__(self, conn: Http1Connection) -> None:
         self.status = 0
@@ -195,6 +201,8 @@ class Http1Connection(asyncio.Protocol):
         self._last_read = 0.0
         self.closed = False
         self.idle_since = 0.0
+        # The egress policy's decision on this connection's address (set on connect).
+        self.decision: policy.Decision | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from airgap_proxy import policy
 from airgap_proxy.app import create_app
@@ -278,3 +279,24 @@ async def test_a_cancelled_connect_closes_its_socket() -> None:
         await client.close()
         for sock in (*fillers, listener):
             sock.close()
+
+
+async def test_report_only_audits_a_connect_time_would_block_on_every_request(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """The decision made at connect travels with each request, keep-alive reuse included."""
+    outside = FakeUpstream()
+    server = await aiohttp_server(outside.app(), host="127.0.0.2")
+    resolver = FakeResolver({"drift.test": ["127.0.0.2"]})
+    raw = {"policy": {"allow_networks": ["127.0.0.1/32"], "allow_hosts": []}, "health": {"interval_s": 60}}
+    env = {"LLM_BASE_URL": f"http://drift.test:{server.port}/v1", "AISOC_AIRGAPPED": "false"}
+    client = await aiohttp_client(create_app(make_config(raw, env), resolver=resolver))
+    with capture_logs() as logs:
+        for _ in range(3):  # the second and third reuse the pooled connection
+            resp = await client.post("/v1/chat/completions", json=CHAT)
+            assert resp.status == 200
+    assert len(outside.received) == 3
+    audits = [e for e in logs if e["event"] == "request"]
+    reason = "address 127.0.0.2 of host drift.test is not in allow_networks"
+    assert [(a["decision"], a["verdict"], a["reason"]) for a in audits] == [("would_block", "external", reason)] * 3
+    assert {a["rule"] for a in audits} == {"not_allowed_network"}

@@ -303,7 +303,7 @@ async def _send(
     headers = upstream_request_headers(request.headers, upstream.api_key, audit.request_id)
     sent_at = request[_SENT_AT] = time.perf_counter()
     try:
-        return await gen.egress.request(request.method, url, headers=headers, body=body or None)
+        response = await gen.egress.request(request.method, url, headers=headers, body=body or None)
     except AirgapViolation as exc:
         refused = connect_refusal(exc)
         audit.verdict = refused.verdict.value if refused else policy.Verdict.EXTERNAL.value
@@ -312,6 +312,24 @@ async def _send(
         raise
     finally:
         audit.waited_s += time.perf_counter() - sent_at
+    _record_connect_decision(response.decision, audit)
+    return response
+
+
+def _record_connect_decision(decision: policy.Decision | None, audit: Audit) -> None:
+    """Audit what the policy said when this response's connection was opened.
+
+    Names are judged at connect time: the load-time record only says so, and
+    in report-only mode a name resolving outside is a ``would_block`` on every
+    request over that connection, not only the one that opened it.
+    """
+    if decision is None or (decision.is_local and audit.rule is not None):
+        return
+    audit.verdict = decision.verdict.value
+    audit.reason = decision.reason
+    audit.rule = decision.rule.value
+    if not decision.is_local:
+        audit.decision = Action.WOULD_BLOCK
 
 
 def _is_redirect(status: int) -> bool:

@@ -29,6 +29,7 @@ that every line is one JSON object and no request content reaches it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
@@ -325,7 +326,7 @@ class _RateLimit:
 
 
 def _report_suppressed(event: str, count: int) -> None:
-    _log.warning("log_suppressed", suppressed_event=event, count=count, limit_per_s=RATE_LIMIT_PER_S)
+    _write(logging.WARNING, "log_suppressed", suppressed_event=event, count=count, limit_per_s=RATE_LIMIT_PER_S)
 
 
 _RATE_LIMIT = _RateLimit(RATE_LIMIT_PER_S)
@@ -374,15 +375,22 @@ def _translate(record: logging.LogRecord) -> tuple[int, str, dict[str, Any]]:
     return record.levelno, event, fields
 
 
+def _write(level: int, event: str, *, logger_name: str = "airgap_proxy.logs", **fields: Any) -> None:
+    """Log ``event`` from a hook or the bridge, where an error must not fall back to printing a traceback."""
+    # Not the fallbacks (a traceback on stderr): they could print request content.
+    with contextlib.suppress(Exception):
+        structlog.get_logger(logger_name).log(level, event, **fields)
+
+
 class _StdlibBridge(logging.Handler):
     """The root logger's handler: every standard library record becomes a structlog event."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level, event, fields = _translate(record)
-            structlog.get_logger(record.name).log(level, event, **fields)
-        except Exception:  # noqa: BLE001, S110 - the default (a traceback on stderr) could print the record
-            pass
+        except Exception:  # noqa: BLE001 - logging.Handler's fallback prints the record on stderr
+            return
+        _write(level, event, logger_name=record.name, **fields)
 
 
 def _show_warning(  # noqa: PLR0917 - the signature of warnings.showwarning
@@ -393,7 +401,8 @@ def _show_warning(  # noqa: PLR0917 - the signature of warnings.showwarning
     file: TextIO | None = None,
     line: str | None = None,
 ) -> None:
-    _log.warning(
+    _write(
+        logging.WARNING,
         "python_warning",
         category=category.__name__,
         where=f"{_short_path(filename)}:{lineno}",
@@ -402,18 +411,18 @@ def _show_warning(  # noqa: PLR0917 - the signature of warnings.showwarning
 
 
 def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    _log.error("uncaught_exception", where="main thread", **describe_exception(exc.with_traceback(tb)))
+    _write(logging.ERROR, "uncaught_exception", where="main thread", **describe_exception(exc.with_traceback(tb)))
 
 
 def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
     if args.exc_value is not None:
         thread = args.thread.name if args.thread else None
-        _log.error("uncaught_exception", where=f"thread {thread}", **describe_exception(args.exc_value))
+        _write(logging.ERROR, "uncaught_exception", where=f"thread {thread}", **describe_exception(args.exc_value))
 
 
 def _unraisablehook(unraisable: Any) -> None:
     if unraisable.exc_value is not None:
-        _log.error("uncaught_exception", where="unraisable", **describe_exception(unraisable.exc_value))
+        _write(logging.ERROR, "uncaught_exception", where="unraisable", **describe_exception(unraisable.exc_value))
 
 
 def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -426,7 +435,7 @@ def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, A
     fields: dict[str, Any] = {"message": _first_line(str(context.get("message", "")))}
     if isinstance(exc, BaseException):
         fields.update(describe_exception(exc))
-    _log.error("asyncio_error", **fields)
+    _write(logging.ERROR, "asyncio_error", **fields)
 
 
 def _route_stdlib(level: int) -> None:
@@ -490,6 +499,3 @@ def configure(config: LoggingConfig, stream: TextIO | None = None, *, secrets: I
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
-
-
-_log = get_logger("airgap_proxy.logs")

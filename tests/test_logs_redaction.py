@@ -8,8 +8,12 @@ one line, and a flood of them a bounded number.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hashlib
+import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -17,13 +21,16 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from airgap_proxy import logs
+from airgap_proxy.config import LogFormat, LoggingConfig
 from tests.test_admin import ADMIN_TOKEN, SECRET_KEY
 from tests.test_serve import ROOT, clean_env, free_port, wait_for_port
 
@@ -211,3 +218,127 @@ def test_a_flood_of_malformed_requests_is_rate_limited_and_counted(served: Serve
     assert len(logged) <= windows * logs.RATE_LIMIT_PER_S, (len(logged), elapsed)
     assert len(suppressed) <= windows
     assert len(logged) + sum(e["count"] for e in suppressed) == FLOOD
+
+
+# --------------------------------------------------------------------------- #
+# In process: exceptions, warnings, the event loop
+# --------------------------------------------------------------------------- #
+
+
+class Lines:
+    """What :func:`logs.configure` (JSON, to a captured stream) wrote."""
+
+    def __init__(self) -> None:
+        self.stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+
+    def events(self) -> list[dict[str, Any]]:
+        raw: bytes = self.stream.buffer.getvalue()  # type: ignore[attr-defined]
+        for secret in SECRETS:
+            assert secret not in raw, raw
+        return [json.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def configured() -> Iterator[Lines]:
+    """The process-wide logging of ``serve``, to a captured stream; the test run's own afterwards."""
+    saved = (
+        structlog.get_config(),
+        logging.getLogger().handlers[:],
+        logging.getLogger().level,
+        logging.raiseExceptions,
+        warnings.showwarning,
+        sys.excepthook,
+        threading.excepthook,
+        sys.unraisablehook,
+    )
+    lines = Lines()
+    logs.configure(LoggingConfig(format=LogFormat.JSON), stream=lines.stream, secrets=[ADMIN_TOKEN])
+    try:
+        yield lines
+    finally:
+        config, handlers, level, raise_exceptions, show, hook, thread_hook, unraisable = saved
+        structlog.reset_defaults()
+        structlog.configure(**config)
+        logs._Fast.processors = None
+        logs._Secrets.values = ()
+        logging.getLogger().handlers[:] = handlers
+        logging.getLogger().setLevel(level)
+        logging.raiseExceptions = raise_exceptions
+        warnings.showwarning = show
+        sys.excepthook, threading.excepthook, sys.unraisablehook = hook, thread_hook, unraisable
+
+
+def leak() -> None:
+    """A bug that quotes what the client sent in its exception."""
+    raise ValueError(f"invalid literal for int(): 'Bearer {CLIENT_SECRET}' {ADMIN_TOKEN}")
+
+
+def test_a_handler_exception_is_logged_as_its_type_and_place_not_its_message(configured: Lines) -> None:
+    log = logs.get_logger("airgap_proxy.middleware")
+    try:
+        leak()
+    except ValueError:
+        log.error("internal_error", request_id="r1", exc_type="ValueError", exc_info=True)
+    [event] = configured.events()
+    assert event["event"] == "internal_error"
+    assert event["exc_type"] == "ValueError"
+    assert event["exc_where"].endswith("test_logs_redaction.py:" + str(leak.__code__.co_firstlineno + 2) + " in leak")
+    assert "exception" not in event
+
+
+def test_aiohttp_records_keep_their_format_string_never_their_arguments(configured: Lines) -> None:
+    try:
+        leak()
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request from %s", f"Bearer {CLIENT_SECRET}")
+    logging.getLogger("aiohttp.access").info(f'127.0.0.1 "GET /?key={CLIENT_SECRET} HTTP/1.1" 200')
+    logging.getLogger("aiohttp.client").warning("Unclosed %s", ADMIN_TOKEN)
+    error, access, client = configured.events()
+    assert (error["event"], error["message"], error["exc_type"]) == (
+        "request_error",
+        "Error handling request from %s",
+        "ValueError",
+    )
+    assert (access["event"], access["message"]) == ("library_log", "access")
+    assert (client["event"], client["logger"], client["message"]) == ("library_log", "aiohttp.client", "Unclosed %s")
+
+
+def test_a_warning_is_one_json_line_with_secrets_masked(configured: Lines) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn(f"retrying with Authorization: Bearer {CLIENT_SECRET}\nand {ADMIN_TOKEN}", stacklevel=1)
+    [event] = configured.events()
+    assert event["event"] == "python_warning"
+    assert event["category"] == "UserWarning"
+    assert event["message"] == "retrying with Authorization: *** ***"
+
+
+def test_the_event_loop_reports_an_unretrieved_task_exception_without_its_repr(configured: Lines) -> None:
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(logs.loop_exception_handler)
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(leak))
+        await asyncio.wait([task])
+        del task
+        gc.collect()
+
+    asyncio.run(main())
+    [event] = [e for e in configured.events() if e["event"] == "asyncio_error"]
+    assert event["message"] == "Task exception was never retrieved"
+    assert event["exc_type"] == "ValueError"
+
+
+def test_uncaught_exceptions_are_json_lines(configured: Lines) -> None:
+    thread = threading.Thread(target=leak, name="worker-1")
+    thread.start()
+    thread.join()
+    try:
+        leak()
+    except ValueError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    in_thread, in_main = configured.events()
+    assert (in_thread["event"], in_thread["where"], in_thread["exc_type"]) == (
+        "uncaught_exception",
+        "thread worker-1",
+        "ValueError",
+    )
+    assert (in_main["event"], in_main["where"]) == ("uncaught_exception", "main thread")

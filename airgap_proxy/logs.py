@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import re
@@ -221,8 +222,9 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
 
     Not its message, arguments or any frame's locals: an exception raised
     while handling a request can quote it (a parse error the raw header, a
-    ``ValueError`` the value, a ``KeyError`` the key). The request id in the
-    same line leads to the request; the frames to the code.
+    ``ValueError`` the value, a ``KeyError`` the key); an ``OSError`` keeps
+    its errno and the system's text. The request id in the same line leads
+    to the request; the frames to the code.
     """
     kind = type(exc)
     name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
@@ -231,6 +233,9 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
         for frame, lineno in traceback.walk_tb(exc.__traceback__)
     ][-STACK_FRAMES:]
     described: dict[str, Any] = {"exc_type": name, "exc_where": frames[-1] if frames else None}
+    if isinstance(exc, OSError) and exc.errno is not None:  # the system's fixed text, not the file name
+        described["exc_errno"] = errno.errorcode.get(exc.errno, exc.errno)
+        described["exc_strerror"] = exc.strerror
     if len(frames) > 1:
         described["exc_stack"] = frames
     return described

@@ -286,6 +286,16 @@ def test_a_handler_exception_is_logged_as_its_type_and_place_not_its_message(con
     assert "exception" not in event
 
 
+def test_an_os_error_keeps_its_errno_and_the_systems_text_not_the_file_name() -> None:
+    described = logs.describe_exception(PermissionError(13, "Permission denied", f"/data/{CLIENT_SECRET}"))
+    assert described == {
+        "exc_type": "PermissionError",
+        "exc_where": None,
+        "exc_errno": "EACCES",
+        "exc_strerror": "Permission denied",
+    }
+
+
 def test_aiohttp_records_keep_their_format_string_never_their_arguments(configured: Lines) -> None:
     try:
         leak()

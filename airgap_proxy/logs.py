@@ -154,13 +154,15 @@ RATE_LIMITED = frozenset(
 # Innermost frames an exception's ``exc_stack`` lists.
 STACK_FRAMES = 8
 MESSAGE_CHARS = 200
+_SECRET_NAME = r"[A-Za-z_\-]*(?i:key|token|secret|password)"  # noqa: S105 - a pattern of names
 _SECRET_PATTERNS = (
-    (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[^\s\"',;]+"), rf"\1\2{REDACTED}"),
+    # An authorization scheme and its credentials.
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s\"',;]+"), rf"\1\2{REDACTED}"),
+    # An OpenAI-style key.
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{4,}"), f"sk-{REDACTED}"),
-    (
-        re.compile(r"(?i)\b([a-z_\-]*(?:key|token|secret|password|authorization))([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;]+"),
-        rf"\1\2{REDACTED}",
-    ),
+    # name=value (a query string, a form), "name": "value" (JSON). Not "name: text": config errors read so.
+    (re.compile(rf"\b({_SECRET_NAME})(=[\"']?)[^\s\"'&,;]+"), rf"\1\2{REDACTED}"),
+    (re.compile(rf"\b({_SECRET_NAME})([\"']\s*:\s*[\"'])[^\"']+"), rf"\1\2{REDACTED}"),
 )
 # A parse error's fixed text: what comes before a colon, a quote or the raw bytes.
 _QUOTED = re.compile(r"""b?(['"]).*?\1""")

@@ -286,6 +286,26 @@ def test_a_handler_exception_is_logged_as_its_type_and_place_not_its_message(con
     assert "exception" not in event
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        pytest.param(f"Authorization: Bearer {CLIENT_SECRET}", "Authorization: Bearer ***", id="bearer"),
+        pytest.param("Basic dXNlcjpwYXNz", "Basic ***", id="basic"),
+        pytest.param("key sk-proj-abcdef123456 leaked", "key sk-*** leaked", id="sk- key"),
+        pytest.param("GET /v1?api_key=K123&x=1", "GET /v1?api_key=***&x=1", id="query string"),
+        pytest.param('{"x_api_key": "K123", "n": 1}', '{"x_api_key": "***", "n": 1}', id="json"),
+        pytest.param(f"the admin token is {ADMIN_TOKEN}.", "the admin token is ***.", id="configured secret"),
+        pytest.param(
+            "admin.token_file: the token must be at least 16 characters",
+            "admin.token_file: the token must be at least 16 characters",
+            id="config error untouched",
+        ),
+    ],
+)
+def test_redact(configured: Lines, text: str, masked: str) -> None:
+    assert logs.redact(text) == masked
+
+
 def test_an_os_error_keeps_its_errno_and_the_systems_text_not_the_file_name() -> None:
     described = logs.describe_exception(PermissionError(13, "Permission denied", f"/data/{CLIENT_SECRET}"))
     assert described == {
@@ -320,7 +340,7 @@ def test_a_warning_is_one_json_line_with_secrets_masked(configured: Lines) -> No
     [event] = configured.events()
     assert event["event"] == "python_warning"
     assert event["category"] == "UserWarning"
-    assert event["message"] == "retrying with Authorization: *** ***"
+    assert event["message"] == "retrying with Authorization: Bearer ***"
 
 
 def test_the_event_loop_reports_an_unretrieved_task_exception_without_its_repr(configured: Lines) -> None:

@@ -121,7 +121,7 @@ def run(
     config: Config, *, host: str | None = None, port: int | None = None, loader: reload.Loader | None = None
 ) -> int:
     """Serve until SIGTERM or SIGINT. Returns the process exit status."""
-    logs.configure(config.logging)
+    logs.configure(config.logging, secrets=logs.secrets_of(config))
     host, port = listen_address(config, host, port)
     app = create_app(config, loader=loader)
     _log.info(
@@ -176,6 +176,7 @@ async def serve(
     handlers are in place. ``on_listening`` runs once the socket is bound.
     """
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(logs.loop_exception_handler)
     runner = make_runner(app, config)
     await runner.setup()
     # What start-up built lives as long as the process: keep it out of the
@@ -216,6 +217,7 @@ async def serve(
         started = time.monotonic()
         await runner.cleanup()
         logs.flush()  # audit lines still waiting for the end of the loop's turn
+        logs.report_suppressed()
         _log.info("stopped", drain_s=round(time.monotonic() - started, 3))
 
 

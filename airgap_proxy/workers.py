@@ -401,7 +401,7 @@ def supervise(
 ) -> int:
     """Serve with ``count`` (> 1) worker processes on one port; the exit status of ``serve``."""
     sys.stderr = _whole_lines(sys.stderr)
-    logs.configure(config.logging, stream=sys.stderr)
+    logs.configure(config.logging, stream=sys.stderr, secrets=logs.secrets_of(config))
     host, port = server.listen_address(config, host, port)
     if port == 0:
         raise ConfigError("listen.port", "port 0 (any free port) would give each worker its own port; set a port")

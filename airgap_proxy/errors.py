@@ -42,6 +42,12 @@ class InvalidRequest(ProxyError):
     code = "invalid_request_error"
 
 
+class BadHttpRequest(InvalidRequest):
+    """A request the HTTP parser refused (a bad header line, a garbage request line)."""
+
+    code = "bad_request"
+
+
 class Unauthorized(ProxyError):
     status = 401
     type = "invalid_request_error"

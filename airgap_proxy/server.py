@@ -28,11 +28,13 @@ from collections.abc import Callable
 from typing import cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from airgap_proxy import logs, reload
 from airgap_proxy.app import create_app
 from airgap_proxy.config import Config, ConfigError, TimeoutsConfig
-from airgap_proxy.errors import Overloaded
+from airgap_proxy.errors import BadHttpRequest, InternalError, Overloaded, ProxyError
 from airgap_proxy.state import STATE
 
 SHUTDOWN_GRACE_S = TimeoutsConfig.shutdown_grace_s
@@ -64,6 +66,37 @@ class _Refuse(asyncio.Protocol):
         stream = cast(asyncio.WriteTransport, transport)  # uvloop's transports do not subclass asyncio's
         stream.write(self._reply)
         stream.close()
+
+
+class EnvelopeRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering a request it cannot parse in the OpenAI envelope.
+
+    aiohttp's own answer is text that repeats the refused line (an
+    ``Authorization`` header with a control byte, key included); this one
+    names only the parser's exception class. No slots of its own, so that a
+    handler aiohttp built can take this class (see :class:`CappedSite`).
+    """
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, "")  # logs, and refuses once a response has started
+        error: ProxyError
+        if status >= 500:
+            error = InternalError("The proxy could not handle the request")
+        else:
+            error = BadHttpRequest(f"Malformed HTTP request ({type(exc).__name__ if exc else 'unreadable'})")
+        response = web.Response(
+            status=status, body=json.dumps(error.envelope()).encode(), content_type="application/json"
+        )
+        response.force_close()
+        return response
 
 
 class CappedSite(web.BaseSite):
@@ -99,7 +132,9 @@ class CappedSite(web.BaseSite):
             if len(server.connections) >= self._max:
                 _log.warning("connection_refused", reason="limits.max_connections", limit=self._max)
                 return _Refuse(self._reply)
-            return server()
+            handler = server()
+            handler.__class__ = EnvelopeRequestHandler  # aiohttp offers no handler class to choose
+            return handler
 
         self._server = await loop.create_server(
             factory, self._host, self._port, reuse_address=True, reuse_port=self._reuse_port or None

@@ -200,6 +200,20 @@ def test_a_malformed_request_writes_at_most_one_json_line_without_secrets(served
     assert_clean(served.stop())
 
 
+@pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
+def test_the_error_answer_does_not_echo_the_request(served: Served, data: bytes) -> None:
+    # aiohttp's own 400 repeats the refused header line, key included, as text/plain.
+    reply = send(served.port, data)
+    for secret in SECRETS:
+        assert secret not in reply, reply
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"application/json" in head.lower(), reply
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "bad_request"
+    assert error["message"].startswith("Malformed HTTP request")
+    assert b'"status":"ok"' in send(served.port, HEALTHZ).replace(b" ", b"")
+
+
 def test_a_flood_of_malformed_requests_is_rate_limited_and_counted(served: Served) -> None:
     data = MALFORMED["control byte in Authorization"]
     before = served.count()

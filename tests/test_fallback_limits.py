@@ -67,7 +67,7 @@ async def attack(url: str, path: str, body: dict[str, Any]) -> tuple[int, dict[s
     """POST ``body`` while polling ``/healthz``: status, JSON answer, seconds taken, worst ``/healthz`` seconds."""
     worst = 0.0
     done = asyncio.Event()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ATTACK_MAX_S * 4)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
 
         async def poll() -> None:
             nonlocal worst
@@ -150,16 +150,17 @@ async def test_an_answer_past_the_cpu_budget_is_refused_and_the_loop_stays_live(
         await proxy.stop()
 
 
-async def test_concurrent_heavy_requests_do_not_stall_the_loop(proxy: ServedProxy) -> None:
-    async def one() -> tuple[int, dict[str, Any], float, float]:
-        return await attack(proxy.url, "/v1/chat/completions", schema_request(HEAVY, n=8))
-
-    results = await asyncio.gather(*(one() for _ in range(4)))
-    for status, answer, elapsed, worst in results:
-        assert status in (200, 400), answer
-        if status == 400:
-            assert_refused(answer, "fallback.max_cpu_ms")
-        assert elapsed < ATTACK_MAX_S * 2, elapsed
+async def test_concurrent_heavy_requests_do_not_stall_the_loop(tmp_path: Path) -> None:
+    proxy = await start(tmp_path, {"max_cpu_ms": 200})
+    try:
+        results = await asyncio.gather(
+            *(attack(proxy.url, "/v1/chat/completions", schema_request(HEAVY, n=8)) for _ in range(4))
+        )
+    finally:
+        await proxy.stop()
+    for status, answer, _elapsed, worst in results:
+        assert status == 400, answer
+        assert_refused(answer, "fallback.max_cpu_ms")
         assert worst < HEALTHZ_MAX_S * 2, worst
 
 

@@ -20,6 +20,7 @@ import yaml
 
 from airgap_proxy import crypto, policy
 from airgap_proxy.fallback import EMPTY_CANNED, Canned, parse_canned
+from airgap_proxy.fallback import limits as fallback_limits
 from airgap_proxy.targets import Target, TargetError, parse_base_url
 
 CONFIG_VERSION = 1
@@ -134,9 +135,19 @@ class HealthConfig:
 
 @dataclass(frozen=True)
 class FallbackConfig:
+    """How the fallback answers, and what one answer may cost (``max_*``)."""
+
     mode: FallbackMode = FallbackMode.DETERMINISTIC
     responses_file: str | None = None
     canned: Canned = EMPTY_CANNED
+    max_cpu_ms: int = fallback_limits.DEFAULT_MAX_CPU_MS
+    max_choices: int = fallback_limits.DEFAULT_MAX_CHOICES
+    max_embedding_values: int = fallback_limits.DEFAULT_MAX_EMBEDDING_VALUES
+    max_answer_bytes: int = fallback_limits.DEFAULT_MAX_ANSWER_BYTES
+
+    @property
+    def limits(self) -> fallback_limits.Limits:
+        return fallback_limits.Limits(self.max_choices, self.max_embedding_values, self.max_answer_bytes)
 
 
 @dataclass(frozen=True)
@@ -242,7 +253,14 @@ class Config:
                 "unhealthy_after": self.health.unhealthy_after,
                 "healthy_after": self.health.healthy_after,
             },
-            "fallback": {"mode": self.fallback.mode.value, "responses_file": self.fallback.responses_file},
+            "fallback": {
+                "mode": self.fallback.mode.value,
+                "responses_file": self.fallback.responses_file,
+                "max_cpu_ms": self.fallback.max_cpu_ms,
+                "max_choices": self.fallback.max_choices,
+                "max_embedding_values": self.fallback.max_embedding_values,
+                "max_answer_bytes": self.fallback.max_answer_bytes,
+            },
             "tenants": {
                 "store": self.tenants.store,
                 "secret_key_file": self.tenants.secret_key_file,
@@ -743,6 +761,7 @@ def _parse_fallback(section: _Section, read_file: ReadFile) -> FallbackConfig:
     except ValueError:
         raise ConfigError(section.key_path("mode"), f"expected deterministic or error, got {mode_raw!r}") from None
     responses_file = section.get("responses_file", str, None)
+    bounded = {key: _bounded(section, key, *bounds) for key, bounds in _FALLBACK_LIMITS.items()}
     section.finish()
     canned = EMPTY_CANNED
     if responses_file is not None:
@@ -758,7 +777,23 @@ def _parse_fallback(section: _Section, read_file: ReadFile) -> FallbackConfig:
             canned = parse_canned(raw)
         except ValueError as exc:
             raise ConfigError(path, f"{responses_file}: {exc}") from None
-    return FallbackConfig(mode=mode, responses_file=responses_file, canned=canned)
+    return FallbackConfig(mode=mode, responses_file=responses_file, canned=canned, **bounded)
+
+
+# fallback.max_*: (default, least, most).
+_FALLBACK_LIMITS = {
+    "max_cpu_ms": (FallbackConfig.max_cpu_ms, 1, 600_000),
+    "max_choices": (FallbackConfig.max_choices, 1, 128),
+    "max_embedding_values": (FallbackConfig.max_embedding_values, 1, 2048 * 4096),
+    "max_answer_bytes": (FallbackConfig.max_answer_bytes, 1024, 1 << 30),
+}
+
+
+def _bounded(section: _Section, key: str, default: int, least: int, most: int) -> int:
+    value = section.get(key, int, default)
+    if not least <= value <= most:
+        raise ConfigError(section.key_path(key), f"must be between {least} and {most}, got {value}")
+    return int(value)
 
 
 def _parse_admin(section: _Section, env: Mapping[str, str], read_file: ReadFile) -> AdminConfig:

@@ -3,19 +3,29 @@
 The fallback answers when no permitted upstream is available, when none is
 configured, or when a request carries ``X-Airgap-Mode: deterministic``. With
 ``fallback.mode: error`` it answers 503 ``no_healthy_upstream`` instead.
+
+Answers are made off the event loop, on the fallback's own threads
+(:data:`EXECUTOR`), each within ``fallback.max_cpu_ms`` of its thread's CPU
+time and ``fallback.max_answer_bytes``: a costly request gets 400 and the
+loop keeps serving everything else meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from airgap_proxy import fallback, usage
 from airgap_proxy.audit import Action, Audit
-from airgap_proxy.config import FallbackMode
+from airgap_proxy.config import FallbackConfig, FallbackMode
 from airgap_proxy.errors import NoHealthyUpstream
+from airgap_proxy.fallback import limits
 from airgap_proxy.headers import OVERHEAD_HEADER, REQUEST_ID_HEADER, UPSTREAM_HEADER
 from airgap_proxy.payload import Payload
 from airgap_proxy.state import AUDIT_KEY, Generation
@@ -24,6 +34,17 @@ DETERMINISTIC = "deterministic"
 DEFAULT_FALLBACK_MODEL = "airgap-deterministic"
 RETRY_AFTER_S = "5"
 _ANSWERABLE = {("POST", "chat/completions"), ("POST", "completions"), ("POST", "embeddings"), ("GET", "models")}
+# Threads that make answers. The GIL runs one at a time; two let a quick answer pass a costly one.
+THREADS = 2
+EXECUTOR = web.AppKey("fallback_executor", ThreadPoolExecutor)
+
+
+async def executor_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The fallback's threads for the application's lifetime (a running answer ends within its budget)."""
+    executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="fallback")
+    app[EXECUTOR] = executor
+    yield
+    executor.shutdown(wait=False, cancel_futures=True)  # a running answer stops within its budget
 
 
 def can_answer(tail: str, method: str) -> bool:
@@ -54,27 +75,39 @@ async def respond(
         audit.upstream = DETERMINISTIC
         return response
     assert parsed.data is not None
-    data = parsed.data
     name = model or DEFAULT_FALLBACK_MODEL
-    canned = gen.canned
     audit.decision = Action.FALLBACK
     audit.upstream = DETERMINISTIC
     audit.model = name
-    if tail == "embeddings":
-        return _json(fallback.embeddings(data, name), audit)
-    if parsed.stream:
-        events = (
-            fallback.chat_completion_stream(data, name, canned)
-            if tail == "chat/completions"
-            else fallback.completion_stream(data, name, canned)
-        )
-        return await _stream(request, events, audit)
-    body = (
-        fallback.chat_completion(data, name, canned)
-        if tail == "chat/completions"
-        else fallback.completion(data, name, canned)
+    make = _maker(tail, parsed, name, gen)
+    events = await asyncio.get_running_loop().run_in_executor(
+        request.app[EXECUTOR], _within_limits, make, gen.config.fallback
     )
-    return _json(body, audit)
+    if parsed.stream and tail != "embeddings":
+        return await _stream(request, events, audit)
+    return _json(events[0], audit)
+
+
+def _maker(tail: str, parsed: Payload, name: str, gen: Generation) -> Callable[[], list[bytes]]:
+    """What makes the answer: its body, or its SSE events when it streams."""
+    assert parsed.data is not None
+    data, canned, caps = parsed.data, gen.canned, gen.config.fallback.limits
+    if tail == "embeddings":
+        return lambda: [fallback.embeddings(data, name, caps)]
+    chat = tail == "chat/completions"
+    if parsed.stream:
+        stream = fallback.chat_completion_stream if chat else fallback.completion_stream
+        return functools.partial(stream, data, name, canned, caps)
+    body = fallback.chat_completion if chat else fallback.completion
+    return lambda: [body(data, name, canned, caps)]
+
+
+def _within_limits(make: Callable[[], list[bytes]], config: FallbackConfig) -> list[bytes]:
+    """``make()`` on this thread, within its CPU budget and answer size (runs off the event loop)."""
+    budget = limits.Budget(time.thread_time, config.max_cpu_ms)
+    events = limits.within(budget, make)
+    limits.check_answer_bytes(sum(map(len, events)), config.limits)
+    return events
 
 
 def _json(body: bytes, audit: Audit) -> web.Response:

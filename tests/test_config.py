@@ -30,6 +30,7 @@ from airgap_proxy.config import (
     load_config,
     parse_config,
 )
+from airgap_proxy.fallback.limits import Limits
 
 DATA = Path(__file__).parent / "data"
 EXAMPLE = Path(__file__).parent.parent / "config" / "airgap-proxy.yaml"
@@ -78,6 +79,8 @@ def test_no_file_and_no_env_gives_the_documented_defaults():
     assert config.logging.format is LogFormat.AUTO
     assert config.logging.level == "info"
     assert config.limits.max_body_bytes == 10 * 1024 * 1024
+    assert (config.fallback.max_cpu_ms, config.fallback.max_choices) == (1000, 8)
+    assert config.fallback.limits == Limits(max_choices=8, max_embedding_values=1 << 20, max_answer_bytes=32 << 20)
     assert (config.timeouts.connect_s, config.timeouts.upstream_s) == (5.0, 300.0)
     assert config.source is None
     assert [p.pattern for p in config.rules.allow_hosts] == ["localhost", "*.svc.cluster.local"]
@@ -620,6 +623,24 @@ def test_host_patterns_are_normalised():
         ),
         pytest.param(
             {"limits": {"max_body_bytes": 2**31}}, "limits.max_body_bytes", "must be between", id="body limit too large"
+        ),
+        pytest.param(
+            {"fallback": {"max_cpu_ms": 0}}, "fallback.max_cpu_ms", "must be between 1 and 600000", id="no CPU budget"
+        ),
+        pytest.param(
+            {"fallback": {"max_choices": 129}},
+            "fallback.max_choices",
+            "must be between 1 and 128",
+            id="too many choices",
+        ),
+        pytest.param(
+            {"fallback": {"max_embedding_values": True}},
+            "fallback.max_embedding_values",
+            "expected an integer, got a boolean",
+            id="embedding limit a boolean",
+        ),
+        pytest.param(
+            {"fallback": {"max_answer_bytes": 100}}, "fallback.max_answer_bytes", "must be between", id="tiny answers"
         ),
         pytest.param({"tenants": {"store": 5}}, "tenants.store", "expected a string", id="store not a string"),
         pytest.param(

@@ -48,6 +48,7 @@ from airgap_proxy.errors import InvalidRequest
 from airgap_proxy.fallback import request, text, wire
 from airgap_proxy.fallback.canned import Canned
 from airgap_proxy.fallback.instance import instance_for
+from airgap_proxy.fallback.limits import DEFAULT_LIMITS, Limits, spend
 from airgap_proxy.fallback.schema import SchemaError
 from airgap_proxy.fallback.seed import Seed, canonical_json, request_seed
 
@@ -113,14 +114,14 @@ class _Answer:
     include_usage: bool
 
 
-def kind_of(data: dict[str, Any]) -> Kind:
+def kind_of(data: dict[str, Any], caps: Limits = DEFAULT_LIMITS) -> Kind:
     """What a chat request will be answered with (validates the request)."""
-    return _plan(data).kind
+    return _plan(data, caps).kind
 
 
-def chat_completion(data: dict[str, Any], model: str, canned: Canned) -> bytes:
+def chat_completion(data: dict[str, Any], model: str, canned: Canned, caps: Limits = DEFAULT_LIMITS) -> bytes:
     """The ``chat.completion`` JSON body for ``data``, as bytes."""
-    answer = _answer(data, model, canned)
+    answer = _answer(data, model, canned, caps)
     choices = []
     for choice in answer.choices:
         message: dict[str, Any] = {"role": "assistant", "content": choice.content}
@@ -151,9 +152,11 @@ def chat_completion(data: dict[str, Any], model: str, canned: Canned) -> bytes:
     )
 
 
-def chat_completion_stream(data: dict[str, Any], model: str, canned: Canned) -> list[bytes]:
+def chat_completion_stream(
+    data: dict[str, Any], model: str, canned: Canned, caps: Limits = DEFAULT_LIMITS
+) -> list[bytes]:
     """The ``chat.completion.chunk`` SSE events for ``data``, ending with ``[DONE]``."""
-    answer = _answer(data, model, canned)
+    answer = _answer(data, model, canned, caps)
     head = {
         "id": answer.id,
         "object": "chat.completion.chunk",
@@ -199,8 +202,8 @@ def chat_completion_stream(data: dict[str, Any], model: str, canned: Canned) -> 
 # ---------------------------------------------------------------- answering
 
 
-def _answer(data: dict[str, Any], model: str, canned: Canned) -> _Answer:
-    plan = _plan(data)
+def _answer(data: dict[str, Any], model: str, canned: Canned, caps: Limits) -> _Answer:
+    plan = _plan(data, caps)
     seed = request_seed(data, model)
     content_seed = Seed.of(b"chat", canonical_json(plan.messages), model.encode("utf-8", "surrogatepass"))
     prompt = request.last_user_text(plan.messages)
@@ -229,6 +232,7 @@ def _answer(data: dict[str, Any], model: str, canned: Canned) -> _Answer:
 
 
 def _choice(plan: _Plan, index: int, seed: Seed, model: str, *, prompt: str | None, canned: Canned) -> _Choice:
+    spend()
     if plan.function is not None:
         function = plan.function
         try:
@@ -265,9 +269,9 @@ def _json_object(reply: str | None, seed: Seed) -> str:
 # ----------------------------------------------------------------- planning
 
 
-def _plan(data: dict[str, Any]) -> _Plan:
+def _plan(data: dict[str, Any], caps: Limits) -> _Plan:
     messages = request.read_messages(data)
-    n = request.read_n(data)
+    n = request.read_n(data, caps)
     max_tokens = request.read_max_tokens(data)
     stop = request.read_stop(data)
     include_usage = request.read_include_usage(data)

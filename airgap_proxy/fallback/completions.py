@@ -18,6 +18,7 @@ from typing import Any
 from airgap_proxy.errors import InvalidRequest
 from airgap_proxy.fallback import request, text, wire
 from airgap_proxy.fallback.canned import Canned
+from airgap_proxy.fallback.limits import DEFAULT_LIMITS, Limits, spend
 from airgap_proxy.fallback.seed import Seed, request_seed
 
 DEFAULT_MAX_TOKENS = 16
@@ -45,18 +46,18 @@ class _Answer:
     include_usage: bool
 
 
-def completion(data: dict[str, Any], model: str, canned: Canned) -> bytes:
+def completion(data: dict[str, Any], model: str, canned: Canned, caps: Limits = DEFAULT_LIMITS) -> bytes:
     """The ``text_completion`` JSON body for ``data``, as bytes."""
-    answer = _answer(data, model, canned)
+    answer = _answer(data, model, canned, caps)
     choices = [
         {"text": c.text, "index": c.index, "logprobs": None, "finish_reason": c.finish_reason} for c in answer.choices
     ]
     return wire.encode({**answer.head, "choices": choices, "usage": answer.usage})
 
 
-def completion_stream(data: dict[str, Any], model: str, canned: Canned) -> list[bytes]:
+def completion_stream(data: dict[str, Any], model: str, canned: Canned, caps: Limits = DEFAULT_LIMITS) -> list[bytes]:
     """The ``text_completion`` SSE events for ``data``, ending with ``[DONE]``."""
-    answer = _answer(data, model, canned)
+    answer = _answer(data, model, canned, caps)
 
     def chunk(index: int, piece: str, finish_reason: str | None) -> bytes:
         choice = {"text": piece, "index": index, "logprobs": None, "finish_reason": finish_reason}
@@ -75,9 +76,9 @@ def completion_stream(data: dict[str, Any], model: str, canned: Canned) -> list[
     return events
 
 
-def _answer(data: dict[str, Any], model: str, canned: Canned) -> _Answer:
+def _answer(data: dict[str, Any], model: str, canned: Canned, caps: Limits) -> _Answer:
     prompts = _read_prompts(data)
-    n = request.read_n(data)
+    n = request.read_n(data, caps)
     max_tokens = request.read_max_tokens(data, DEFAULT_MAX_TOKENS)
     stop = request.read_stop(data)
     echo = request.read_bool(data, "echo")
@@ -90,6 +91,7 @@ def _answer(data: dict[str, Any], model: str, canned: Canned) -> _Answer:
         reply = canned.reply_for(model, prompt.text)
         content_seed = Seed.of(b"completion", prompt.key, model_key)
         for j in range(n):
+            spend()
             index = p * n + j
             generated = reply if reply is not None else text.neutral_text(content_seed.child(f"choice{j}"))
             shaped = text.shape(generated, stop, max_tokens)

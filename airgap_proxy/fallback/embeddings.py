@@ -31,6 +31,7 @@ from typing import Any
 
 from airgap_proxy.errors import InvalidRequest
 from airgap_proxy.fallback import request, text, wire
+from airgap_proxy.fallback.limits import DEFAULT_LIMITS, Limits, check_embedding_values, spend
 from airgap_proxy.fallback.seed import Seed
 
 DEFAULT_DIMENSIONS = 1536
@@ -39,14 +40,16 @@ MAX_INPUTS = 2048
 _PER_BLOCK = 8  # uint32 per SHA-256 digest
 
 
-def embeddings(data: dict[str, Any], model: str) -> bytes:
-    """The embeddings list JSON body for ``data``, as bytes."""
+def embeddings(data: dict[str, Any], model: str, caps: Limits = DEFAULT_LIMITS) -> bytes:
+    """The embeddings list JSON body for ``data``, as bytes (at most ``caps.max_embedding_values`` values)."""
     inputs = _read_inputs(data)
     dimensions = _read_dimensions(data)
     as_base64 = _read_encoding(data)
+    check_embedding_values(len(inputs), dimensions, caps)
     items = []
     prompt_tokens = 0
     for index, (key, tokens) in enumerate(inputs):
+        spend()
         vector = unit_vector(Seed.of(b"embedding", model.encode("utf-8", "surrogatepass"), key), dimensions)
         encoded: Any = (
             base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode("ascii") if as_base64 else vector

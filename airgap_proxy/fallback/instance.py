@@ -37,6 +37,7 @@ from fractions import Fraction
 from typing import Any
 
 from airgap_proxy.fallback import formats, pattern
+from airgap_proxy.fallback.limits import spend
 from airgap_proxy.fallback.schema import (
     TYPES,
     Schema,
@@ -202,6 +203,7 @@ class _Generator:
     # --------------------------------------------------------------- driver
 
     def tick(self, pointer: str) -> None:
+        spend()
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise _Exhausted("the schema is too large or too ambiguous for the deterministic fallback", pointer)

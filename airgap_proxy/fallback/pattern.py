@@ -1,20 +1,26 @@
 """Strings that match a regular expression, for JSON Schema ``pattern`` (pure).
 
-A small parser turns the pattern into a tree of literals, character classes,
-sequences, alternations, repeats, groups and back-references; a walk of the
+Client patterns are matched in linear time: every match is RE2's (the
+``google-re2`` binding), so no pattern can make a search backtrack
+exponentially. A pattern RE2 cannot compile is a :class:`PatternError`;
+that includes lookarounds, back-references, atomic groups, possessive
+quantifiers and conditional groups, which have no linear-time match.
+
+To make a string, a small parser turns the pattern into a tree of literals,
+character classes, sequences, alternations, repeats and groups; a walk of the
 tree, steered by a :class:`Seed` and a wanted length range, emits a candidate;
-``re.search`` then has the last word, so a candidate that does not match is
-never returned.
+the RE2 search then has the last word, so a candidate that does not match is
+never returned. Each step of the walk spends the answer's CPU budget
+(:func:`.limits.spend`).
 
 Supported: literals and escapes (``\\n``, ``\\t``, ``\\xhh``, ``\\uhhhh``,
 escaped metacharacters), ``.``, classes (``[a-z0-9_]``, ``[^...]``, ``\\d \\w
 \\s`` and their negations, inside and outside classes), groups (capturing,
-``(?:...)``, ``(?P<name>...)``, atomic ``(?>...)``, scoped flags
-``(?i:...)``), alternation, quantifiers (``* + ? {n} {n,} {n,m} {,m}``, lazy
-and possessive forms), anchors (``^ $ \\A \\Z \\b \\B``), back-references
-(``\\1``, ``(?P=name)``), leading global flags (``(?i)``) and comments.
-Lookarounds are skipped when generating and left to the final check.
-Unsupported (:class:`PatternError`): conditional groups, verbose mode, ``\\N{...}``.
+``(?:...)``, ``(?P<name>...)``, scoped flags ``(?i:...)``), alternation,
+quantifiers (``* + ? {n} {n,} {n,m}`` and lazy forms; ``{,m}`` is a literal,
+as in RE2 and ECMA-262), anchors (``^ $ \\A \\Z \\b \\B``; ``$`` only at
+the very end, as in ECMA-262) and leading global flags (``(?i)``). Classes
+such as ``\\d`` and ``\\w`` are ASCII, as RE2 matches them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import functools
 import re
 from dataclasses import dataclass
 
+import re2
+
+from airgap_proxy.fallback.limits import spend
 from airgap_proxy.fallback.seed import Seed
 
 MAX_PATTERN_LENGTH = 100_000
@@ -39,6 +48,9 @@ _CATEGORY_CHARS = {
 }
 _ESCAPE_LITERALS = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a", "0": "\x00"}
 _ANCHOR_ESCAPES = frozenset("bBAZ")
+# Python escapes RE2 spells differently: \\uhhhh, \\Uhhhhhhhh and \\Z (the very end).
+_RE2_SPELLING = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|(Z))|\\.", re.DOTALL)
+_RE2_LIMITS = "lookarounds, back-references, atomic groups, possessive quantifiers or conditional groups"
 
 
 class PatternError(ValueError):
@@ -66,7 +78,7 @@ class _Class(_Node):
 
 @dataclass(frozen=True, slots=True)
 class _Empty(_Node):
-    """Anchors, lookarounds, comments and flags: they emit nothing."""
+    """Anchors and flags: they emit nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +101,6 @@ class _Repeat(_Node):
 @dataclass(frozen=True, slots=True)
 class _Group(_Node):
     node: _Node
-    index: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Backref(_Node):
-    index: int
 
 
 def _add(a: int | None, b: int | None) -> int | None:
@@ -124,9 +130,6 @@ class _Parser:
         self.text = text
         self.i = 0
         self.flags = flags
-        self.groups: dict[int, _Node] = {}
-        self.names: dict[str, int] = {}
-        self.count = 0
 
     def parse(self) -> _Node:
         node = self.alternation()
@@ -174,8 +177,8 @@ class _Parser:
             bounds = (0, 1)
             self.i += 1
         elif c == "{":
-            match = re.compile(r"\{(\d*)(,?)(\d*)\}").match(self.text, self.i)
-            if match is None or (not match.group(1) and not match.group(3)):
+            match = re.compile(r"\{(\d+)(,?)(\d*)\}").match(self.text, self.i)
+            if match is None:
                 return atom
             self.i = match.end()
             lo = int(match.group(1) or 0)
@@ -183,7 +186,7 @@ class _Parser:
             bounds = (lo, hi)
         if bounds is None:
             return atom
-        if self.peek() in ("?", "+"):  # lazy or possessive: the same strings match
+        if self.peek() == "?":  # lazy: the same strings match
             self.i += 1
         lo, hi = bounds
         return _Repeat(atom.lo * lo, _mul(atom.hi, hi), atom, lo, hi)
@@ -204,63 +207,29 @@ class _Parser:
         return _literal(c)
 
     def group(self) -> _Node:
-        index: int | None = None
+        """A group; RE2 has already refused every construct but these (and their flags)."""
         if self.peek() == "?":
             self.i += 1
             c = self.peek()
-            if c in {":", ">"}:
+            if c == ":":
                 self.i += 1
             elif c == "P" and self.peek(1) == "<":
-                end = self.text.index(">", self.i)
-                name = self.text[self.i + 2 : end]
-                self.i = end + 1
-                self.count += 1
-                index = self.count
-                self.names[name] = index
-            elif c == "P" and self.peek(1) == "=":
-                end = self.text.index(")", self.i)
-                name = self.text[self.i + 2 : end]
-                self.i = end + 1
-                return self.backref(self.names[name])
-            elif c == "#":
-                self.i = self.text.index(")", self.i) + 1
-                return _EMPTY
-            elif c in "=!" or (c == "<" and self.peek(1) in "=!"):
-                self.i += 1 if c != "<" else 2
-                self.alternation()  # skipped: only the final check enforces lookarounds
-                self.expect_close()
-                return _EMPTY
-            elif c == "(":
-                raise PatternError("conditional groups (?(...)...) are not supported")
+                self.i = self.text.index(">", self.i) + 1
             else:
-                match = re.compile(r"[aiLmsux]*(?:-[imsx]*)?([:)])").match(self.text, self.i)
+                match = re.compile(r"[imsU]*(?:-[imsU]*)?([:)])").match(self.text, self.i)
                 if match is None:
                     raise PatternError(f"unsupported group construct at offset {self.i - 2}")
-                if "x" in match.group(0).split("-")[0]:
-                    raise PatternError("verbose mode (?x) is not supported")
                 self.i = match.end()
                 if match.group(1) == ")":
                     return _EMPTY
-        else:
-            self.count += 1
-            index = self.count
         inner = self.alternation()
         self.expect_close()
-        node = _Group(inner.lo, inner.hi, inner, index)
-        if index is not None:
-            self.groups[index] = inner
-        return node
+        return _Group(inner.lo, inner.hi, inner)
 
     def expect_close(self) -> None:
         if self.peek() != ")":
             raise PatternError("missing )")
         self.i += 1
-
-    def backref(self, index: int) -> _Node:
-        group = self.groups.get(index)
-        if group is None:
-            raise PatternError(f"back-reference to group {index} before it is closed")
-        return _Backref(group.lo, group.hi, index)
 
     def escape(self) -> _Node:
         c = self.peek()
@@ -269,12 +238,6 @@ class _Parser:
             return _class("\\" + c, _CATEGORY_CHARS[c], self.flags)
         if c in _ANCHOR_ESCAPES:
             return _EMPTY
-        if c.isdigit() and c != "0":
-            digits = c
-            if self.peek().isdigit():
-                digits += self.peek()
-                self.i += 1
-            return self.backref(int(digits))
         return _literal(self.escaped_char(c))
 
     def escaped_char(self, c: str) -> str:
@@ -291,8 +254,6 @@ class _Parser:
             digits = self.text[self.i : self.i + widths[c]]
             self.i += widths[c]
             return chr(int(digits, 16))
-        if c == "N":
-            raise PatternError("named characters \\N{...} are not supported")
         return c
 
     def char_class(self) -> _Node:
@@ -342,21 +303,46 @@ def _range_sample(lo: str, hi: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
-    regex: re.Pattern[str]
+    regex: re2._Regexp
     tree: _Node
+
+    def search(self, text: str) -> bool:
+        """RE2's search, in time linear in ``text``; lone surrogates are bytes that match only ``.``."""
+        spend()
+        return self.regex.search(text.encode("utf-8", "surrogatepass")) is not None
+
+
+def _re2_spelling(match: re.Match[str]) -> str:
+    code = match.group(1) or match.group(2)
+    if code:
+        return f"\\x{{{code}}}"
+    return "\\z" if match.group(3) else match.group(0)
+
+
+def _linear(pattern: str) -> re2._Regexp:
+    """``pattern`` compiled by RE2, or :class:`PatternError` naming what RE2 refused."""
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print the client's pattern on stderr
+    try:
+        source = _RE2_SPELLING.sub(_re2_spelling, pattern).encode("utf-8")
+        return re2.compile(source, options)
+    except (re2.error, UnicodeEncodeError) as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise PatternError(
+            f"invalid regular expression (RE2: {reason}); patterns are matched in linear time "
+            f"with RE2, which has no {_RE2_LIMITS}"
+        ) from None
 
 
 @functools.lru_cache(maxsize=256)
 def _compile(pattern: str) -> _Compiled:
+    regex = _linear(pattern)
     try:
-        regex = re.compile(pattern)
+        flags = re.compile(pattern).flags
     except (re.error, OverflowError, RecursionError) as exc:
         raise PatternError(f"invalid regular expression: {exc}") from None
-    global_flags = regex.flags & (re.IGNORECASE | re.DOTALL | re.MULTILINE)
-    if regex.flags & re.VERBOSE:
-        raise PatternError("verbose mode (?x) is not supported")
     try:
-        tree = _Parser(pattern, global_flags).parse()
+        tree = _Parser(pattern, flags & (re.IGNORECASE | re.DOTALL | re.MULTILINE)).parse()
     except (IndexError, KeyError, ValueError, re.error) as exc:
         if isinstance(exc, PatternError):
             raise
@@ -365,17 +351,17 @@ def _compile(pattern: str) -> _Compiled:
 
 
 def check(pattern: str) -> None:
-    """Raise :class:`PatternError` if ``pattern`` cannot be sampled."""
+    """Raise :class:`PatternError` if ``pattern`` cannot be matched in linear time or sampled."""
     _compile(pattern)
 
 
 def matches(pattern: str, text: str) -> bool:
-    """JSON Schema semantics: the pattern is searched, not anchored."""
-    return _compile(pattern).regex.search(text) is not None
+    """JSON Schema semantics: the pattern is searched, not anchored (by RE2, in linear time)."""
+    return _compile(pattern).search(text)
 
 
 def sample(pattern: str, min_len: int, max_len: int | None, seed: Seed) -> str | None:
-    """A string of length ``min_len..max_len`` that ``pattern`` matches (``re.search``).
+    """A string of length ``min_len..max_len`` that ``pattern`` matches (RE2's search).
 
     ``None`` when this seed's candidate fails the final check (try another
     seed); :class:`PatternError` when the pattern itself is unusable.
@@ -387,7 +373,7 @@ def sample(pattern: str, min_len: int, max_len: int | None, seed: Seed) -> str |
     _Emitter(seed).emit(compiled.tree, min_len, max_len, out)
     text = "".join(out)
     for candidate in _padded(text, min_len, max_len, seed):
-        if compiled.regex.search(candidate) is not None:
+        if compiled.search(candidate):
             return candidate
     return None
 
@@ -407,13 +393,13 @@ class _Emitter:
     def __init__(self, seed: Seed):
         self.seed = seed
         self.counter = 0
-        self.groups: dict[int, str] = {}
 
     def choose(self, n: int) -> int:
         self.counter += 1
         return self.seed.digest[self.counter % 32] * (self.counter + 7) % n if n > 1 else 0
 
     def emit(self, node: _Node, lo: int, hi: int | None, out: list[str]) -> None:
+        spend()
         if isinstance(node, _Lit):
             out.append(node.text)
         elif isinstance(node, _Class):
@@ -425,12 +411,7 @@ class _Emitter:
         elif isinstance(node, _Repeat):
             self.emit_repeat(node, lo, hi, out)
         elif isinstance(node, _Group):
-            mark = len(out)
             self.emit(node.node, lo, hi, out)
-            if node.index is not None:
-                self.groups[node.index] = "".join(out[mark:])
-        elif isinstance(node, _Backref):
-            out.append(self.groups.get(node.index, ""))
 
     def char(self, node: _Class) -> str:
         candidates = node.candidates

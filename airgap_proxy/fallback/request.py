@@ -10,8 +10,9 @@ import re
 from typing import Any
 
 from airgap_proxy.errors import InvalidRequest
+from airgap_proxy.fallback.limits import Limits, check_choices
 
-MAX_N = 8
+MAX_N = 128  # OpenAI's own ceiling; fallback.max_choices may be lower
 MAX_STOP_SEQUENCES = 4
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -21,12 +22,14 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def read_n(data: dict[str, Any]) -> int:
+def read_n(data: dict[str, Any], caps: Limits) -> int:
+    """``n``: 1 to 128, and at most ``fallback.max_choices``."""
     n = data.get("n")
     if n is None:
         return 1
     if not is_int(n) or not 1 <= n <= MAX_N:
         raise InvalidRequest(f"Invalid value for 'n': expected an integer from 1 to {MAX_N}, got {n!r}", param="n")
+    check_choices(n, caps)
     return int(n)
 
 

@@ -19,6 +19,7 @@ from fractions import Fraction
 from typing import Any, TypeGuard
 
 from airgap_proxy.fallback import formats, pattern
+from airgap_proxy.fallback.limits import spend
 
 TYPES = ("null", "boolean", "object", "array", "number", "string", "integer")
 
@@ -168,6 +169,7 @@ class Schema:
 
     def valid(self, schema: object, value: Any) -> bool:
         """Whether ``value`` is valid against ``schema`` (a part of this root)."""
+        spend()
         if schema is True:
             return True
         if schema is False or not isinstance(schema, dict):

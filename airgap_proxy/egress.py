@@ -117,19 +117,6 @@ class PolicyResolver(AbstractResolver):
         await self._inner.close()
 
 
-def connect_refusal(exc: BaseException) -> policy.Decision | None:
-    """The policy decision behind a connect-time refusal, found in the exception chain."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        found = current if isinstance(current, EgressRefused) else getattr(current, "os_error", None)
-        if isinstance(found, EgressRefused):
-            return found.decision
-        current = current.__cause__ or current.__context__
-    return None
-
-
 class EgressClient:
     """The proxy's one outbound HTTP client. Create with :meth:`start`."""
 
@@ -194,7 +181,7 @@ class EgressClient:
                     origin.host, origin.port, socket.AF_UNSPEC
                 )
             except EgressRefused as exc:
-                raise AirgapViolation(exc.decision.reason) from exc
+                raise AirgapViolation(exc.decision.reason, decision=exc.decision) from exc
             except OSError as exc:
                 raise UpstreamError(f"cannot connect to upstream: {origin.host} does not resolve") from exc
             candidates = [(r["host"], r["port"]) for r in results]
@@ -205,7 +192,7 @@ class EgressClient:
             try:
                 address, address_decision = self._check_address(host)
             except EgressRefused as exc:
-                raise AirgapViolation(exc.decision.reason) from exc
+                raise AirgapViolation(exc.decision.reason, decision=exc.decision) from exc
             family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setblocking(False)
@@ -305,7 +292,7 @@ def translate_error(exc: BaseException) -> BaseException:
         return exc
     refused = _refusal(exc)
     if refused is not None:
-        return AirgapViolation(refused.decision.reason)
+        return AirgapViolation(refused.decision.reason, decision=refused.decision)
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("upstream did not answer in time")
     if isinstance(exc, OSError):

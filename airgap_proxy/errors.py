@@ -6,7 +6,10 @@ Errors become HTTP responses in exactly one place,
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from airgap_proxy.policy import Decision
 
 
 class ProxyError(Exception):
@@ -29,11 +32,26 @@ class ProxyError(Exception):
 
 
 class AirgapViolation(ProxyError):
-    """The target is external or invalid while air-gapped mode is on."""
+    """The target is external or invalid while air-gapped mode is on.
+
+    ``decision`` is the policy's, when the refusal came from one (at connect
+    time, say): it travels with the error into the audit and the health view.
+    """
 
     status = 422
     type = "airgap_violation"
     code = "airgap_violation"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        decision: Decision | None = None,
+    ):
+        super().__init__(message, param=param, headers=headers)
+        self.decision = decision
 
 
 class InvalidRequest(ProxyError):
@@ -117,11 +135,16 @@ class RequestTooLarge(ProxyError):
 
 
 class UpstreamError(ProxyError):
-    """The upstream could not be reached or failed before answering."""
+    """The upstream could not be reached or failed before answering.
+
+    ``retriable``: the next candidate upstream (or the fallback) may answer
+    instead, and the failure counts against this upstream's health.
+    """
 
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+    retriable: ClassVar[bool] = True
 
 
 class NoHealthyUpstream(ProxyError):
@@ -138,10 +161,13 @@ class Overloaded(ProxyError):
     code = "overloaded"
 
 
-class UpstreamTimeout(ProxyError):
+class UpstreamTimeout(UpstreamError):
+    """The upstream accepted the request but did not answer in time: not retried
+    (it may be generating), and a busy single-slot server is not down."""
+
     status = 504
-    type = "upstream_error"
     code = "upstream_timeout"
+    retriable = False
 
 
 class UpstreamConnectTimeout(UpstreamTimeout):
@@ -150,6 +176,8 @@ class UpstreamConnectTimeout(UpstreamTimeout):
     Nothing was sent, so, unlike a slow answer, it is safe to try the next
     upstream, and it counts against health like a refused connection.
     """
+
+    retriable = True
 
 
 class InternalError(ProxyError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from airgap_proxy import health, policy, routing
 from airgap_proxy.config import Config, ProviderType, UpstreamConfig
-from airgap_proxy.egress import EgressClient, connect_refusal
+from airgap_proxy.egress import EgressClient
 from airgap_proxy.errors import AirgapViolation, ProxyError, UpstreamConnectTimeout, UpstreamTimeout
 from airgap_proxy.logs import get_logger
 
@@ -198,7 +198,7 @@ async def probe_endpoint(egress: EgressClient, upstream: UpstreamConfig, timeout
         finally:
             response.release()
     except AirgapViolation as exc:
-        return Probe(False, exc.message, refused=connect_refusal(exc))
+        return Probe(False, exc.message, refused=exc.decision)
     except UpstreamConnectTimeout as exc:
         # A busy server still accepts connections: this one is down, not busy.
         return Probe(False, exc.message)

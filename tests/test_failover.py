@@ -213,3 +213,33 @@ async def test_a_probe_that_cannot_connect_counts_while_requests_are_in_flight(b
         assert runtime.health.last_error is not None
     finally:
         await runner.cleanup()
+
+
+async def test_a_read_timeout_is_not_retried_on_the_next_upstream(aiohttp_server: Any, aiohttp_client: Any) -> None:
+    # The primary took the request and may be generating: sending it again elsewhere would run it twice.
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)
+        writer.close()
+
+    stalled = await asyncio.start_server(stall, "127.0.0.1", 0)
+    fake = FakeUpstream()
+    backup = await aiohttp_server(fake.app())
+    config = make_config(
+        {
+            "upstreams": [
+                {"name": "primary", "base_url": f"http://127.0.0.1:{stalled.sockets[0].getsockname()[1]}/v1"},
+                {"name": "backup", "base_url": f"http://127.0.0.1:{backup.port}/v1", "priority": 1},
+            ],
+            "timeouts": {"upstream_s": 0.3},
+            "health": {"interval_s": 60},
+        }
+    )
+    client = await aiohttp_client(create_app(config))
+    try:
+        resp = await client.post("/v1/chat/completions", json=CHAT)
+        assert resp.status == 504
+        assert (await resp.json())["error"]["code"] == "upstream_timeout"
+        assert fake.received == []
+    finally:
+        stalled.close()

@@ -43,7 +43,6 @@ from airgap_proxy import crypto, fallback_http, policy, routing, tenants, usage
 from airgap_proxy import payload as payload_mod
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.config import UpstreamConfig
-from airgap_proxy.egress import connect_refusal
 from airgap_proxy.errors import (
     AirgapViolation,
     InternalError,
@@ -54,7 +53,6 @@ from airgap_proxy.errors import (
     RequestTimeout,
     RequestTooLarge,
     UndecodableBody,
-    UpstreamConnectTimeout,
     UpstreamError,
 )
 from airgap_proxy.headers import (
@@ -180,12 +178,13 @@ async def proxy_v1(request: web.Request) -> web.StreamResponse:
             try:
                 response = await _send(request, gen, runtime.config, tail=tail, body=send_body, audit=audit)
             except AirgapViolation as exc:
-                refused = connect_refusal(exc)
-                if refused is not None:
-                    pool.record_refusal(runtime.config.name, refused)
+                if exc.decision is not None:
+                    pool.record_refusal(runtime.config.name, exc.decision)
                 raise
-            except (UpstreamError, UpstreamConnectTimeout) as exc:
-                # Nothing reached this upstream: the next one (or the fallback) may answer.
+            except UpstreamError as exc:
+                if not exc.retriable:
+                    raise
+                # It failed before answering: the next one (or the fallback) may answer.
                 pool.observe(runtime.config.name, False, exc.message)
                 if last:
                     if fallback_http.enabled_for(gen, tail, request.method):
@@ -305,7 +304,7 @@ async def _send(
     try:
         response = await gen.egress.request(request.method, url, headers=headers, body=body or None)
     except AirgapViolation as exc:
-        refused = connect_refusal(exc)
+        refused = exc.decision
         audit.verdict = refused.verdict.value if refused else policy.Verdict.EXTERNAL.value
         audit.reason = exc.message
         audit.rule = refused.rule.value if refused else None

@@ -39,6 +39,7 @@ from typing import Any
 from airgap_proxy.fallback import formats, pattern
 from airgap_proxy.fallback.schema import (
     TYPES,
+    NestingError,
     Schema,
     SchemaError,
     array_rules,
@@ -61,6 +62,7 @@ MAX_STRING = 100_000
 MAX_TEXT = 1_000_000  # characters of strings per instance
 ATTEMPTS = 3  # seeds tried per node
 MAX_ALTERNATIVES = 48  # anyOf/oneOf/if combinations tried per node
+MAX_NESTING = 64  # schemas folded into one another at one node ($ref, allOf, not)
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima")
 _RICH = ("object", "array", "string", "number", "integer", "boolean", "null")
 _SIMPLE = ("null", "boolean", "integer", "number", "string", "array", "object")
@@ -68,6 +70,10 @@ _SIMPLE = ("null", "boolean", "integer", "number", "string", "array", "object")
 
 class _Exhausted(SchemaError):
     """The budget ran out: stop everything, do not try alternatives."""
+
+
+class _Nested(_Exhausted):
+    """The schema nests past what the fallback walks: stop, whatever the branch."""
 
 
 class _TooDeep(SchemaError):
@@ -157,7 +163,10 @@ def instance_for(schema: object, seed: Seed) -> Any:
     Raises :class:`SchemaError` when the schema cannot be satisfied, uses an
     unsupported construct, or needs more than the fallback's limits.
     """
-    return _Generator(schema).generate(schema, "#", 0, seed)
+    try:
+        return _Generator(schema).generate(schema, "#", 0, seed)
+    except RecursionError:  # a last resort: the explicit limits should stop nesting first
+        raise _Nested("the schema nests too deeply for the deterministic fallback", "#") from None
 
 
 def _kind(value: object) -> str:
@@ -198,6 +207,7 @@ class _Generator:
         self.steps = 0
         self.text = 0
         self.ref_stack: list[set[str]] = []
+        self.nesting = 0
 
     # --------------------------------------------------------------- driver
 
@@ -223,7 +233,7 @@ class _Generator:
                     break
                 for value in self.candidates(facts, pointer, depth, seed, minimal=minimal, errors=errors):
                     self.tick(pointer)
-                    if self.schema.valid(schema, value):
+                    if self.valid(schema, value, pointer):
                         return value
         finally:
             self.ref_stack.pop()
@@ -231,10 +241,26 @@ class _Generator:
             raise errors[0]
         raise SchemaError("no value satisfies every constraint together (allOf/anyOf/oneOf/not/if)", pointer)
 
+    def valid(self, schema: object, value: Any, pointer: str) -> bool:
+        """:meth:`Schema.valid`, with its nesting limit turned into a stop."""
+        try:
+            return self.schema.valid(schema, value)
+        except NestingError as exc:
+            raise _Nested(exc.reason, pointer) from None
+
     # -------------------------------------------------------------- collect
 
     def collect(self, f: _Facts, schema: object, pointer: str, active: tuple[str, ...]) -> None:
-        """Fold ``schema`` (with its ``$ref`` and ``allOf``) into ``f``."""
+        """Fold ``schema`` (with its ``$ref`` and ``allOf``) into ``f``, at most ``MAX_NESTING`` deep."""
+        if self.nesting >= MAX_NESTING:
+            raise _Nested(f"the schema nests more than {MAX_NESTING} levels deep ($ref, allOf, not)", pointer)
+        self.nesting += 1
+        try:
+            self.fold(f, schema, pointer, active)
+        finally:
+            self.nesting -= 1
+
+    def fold(self, f: _Facts, schema: object, pointer: str, active: tuple[str, ...]) -> None:
         if schema is True:
             return
         if schema is False:
@@ -408,10 +434,19 @@ class _Generator:
     # --------------------------------------------------------- alternatives
 
     def alternatives(self, base: _Facts, seed: Seed, minimal: bool, errors: list[SchemaError]) -> Iterator[_Facts]:
-        """``base`` with each combination of its pending choices folded in."""
-        if not base.choices:
-            yield base
-            return
+        """``base`` with each combination of its pending choices folded in, depth first, without recursion."""
+        stack: list[Iterator[_Facts]] = [iter((base,))]
+        while stack:
+            f = next(stack[-1], None)
+            if f is None:
+                stack.pop()
+            elif not f.choices:
+                yield f
+            else:
+                stack.append(self.branches(f, seed, minimal, errors))
+
+    def branches(self, base: _Facts, seed: Seed, minimal: bool, errors: list[SchemaError]) -> Iterator[_Facts]:
+        """``base`` with each branch of its first pending choice folded in (the other choices stay pending)."""
         kind, branches, pointer = base.choices[0]
         rest = base.choices[1:]
         if kind == "if":
@@ -431,7 +466,7 @@ class _Generator:
                 except SchemaError as exc:
                     errors.append(exc)
                     continue
-                yield from self.alternatives(f, seed, minimal, errors)
+                yield f
             return
         order = self.branch_order(branches, seed.child(pointer + kind), minimal)
         # oneOf: first leave the other branches to the final check (cheap, usually enough), then
@@ -453,7 +488,7 @@ class _Generator:
                 except SchemaError as exc:
                     errors.append(exc)
                     continue
-                yield from self.alternatives(f, seed, minimal, errors)
+                yield f
 
     def branch_order(self, branches: list[object], seed: Seed, minimal: bool) -> list[int]:
         """Seed-rotated; null-only branches last; when minimal, simple and non-recursive first."""
@@ -551,7 +586,7 @@ class _Generator:
                 canon(value) != canon(c) for c in f.consts
             ):
                 continue
-            if any(self.schema.valid(n, value) for n in excluded):
+            if any(self.valid(n, value, "#") for n in excluded):
                 continue
             yield value
 
@@ -894,7 +929,7 @@ class _Generator:
                 schemas.append((rule.additional, f"{rule.pointer}/additionalProperties"))
         if f.closed_props and not any(key in rule.properties for rule in f.objects):
             return None
-        if any(not self.schema.valid(names, key) for names in f.names):
+        if any(not self.valid(names, key, "#") for names in f.names):
             return None
         return schemas
 

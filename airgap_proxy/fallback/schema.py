@@ -21,6 +21,7 @@ from typing import Any, TypeGuard
 from airgap_proxy.fallback import formats, pattern
 
 TYPES = ("null", "boolean", "object", "array", "number", "string", "integer")
+MAX_NESTING = 128  # subschemas validated within one another ($ref, applicators, items, properties)
 
 
 class SchemaError(ValueError):
@@ -34,6 +35,10 @@ class SchemaError(ValueError):
         super().__init__(f"{reason} (at {pointer})")
         self.reason = reason
         self.pointer = pointer
+
+
+class NestingError(SchemaError):
+    """Validation went more than ``MAX_NESTING`` subschemas deep."""
 
 
 def is_number(value: object) -> TypeGuard[int | float]:
@@ -120,6 +125,7 @@ class Schema:
         self.root = root
         self._anchors: dict[str, object] | None = None
         self._active: set[tuple[int, int]] = set()
+        self._depth = 0
 
     # ------------------------------------------------------------------ refs
 
@@ -167,7 +173,10 @@ class Schema:
     # ------------------------------------------------------------ validation
 
     def valid(self, schema: object, value: Any) -> bool:
-        """Whether ``value`` is valid against ``schema`` (a part of this root)."""
+        """Whether ``value`` is valid against ``schema`` (a part of this root).
+
+        Raises :class:`NestingError` past ``MAX_NESTING`` nested subschemas.
+        """
         if schema is True:
             return True
         if schema is False or not isinstance(schema, dict):
@@ -175,11 +184,15 @@ class Schema:
         key = (id(schema), id(value))
         if key in self._active:  # a reference cycle that consumed nothing: vacuous
             return True
+        if self._depth >= MAX_NESTING:
+            raise NestingError(f"validation nests more than {MAX_NESTING} schemas deep", "#")
         self._active.add(key)
+        self._depth += 1
         try:
             return self._valid(schema, value)
         finally:
             self._active.discard(key)
+            self._depth -= 1
 
     def _valid(self, s: dict[str, Any], v: Any) -> bool:
         if "$ref" in s:

@@ -186,6 +186,32 @@ def _decimal(value: int | float) -> Fraction:
     return Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
 
 
+def _float(value: Fraction | int | float | None) -> float | None:
+    """``value`` as a float; ``None`` if it is ``None`` or past the float range."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _exact(value: Fraction, as_int: bool) -> int | float | None:
+    """``value`` as an int or a float that is exactly it; ``None`` if neither can be."""
+    if value.denominator == 1:
+        return int(value)
+    converted = None if as_int else _float(value)
+    return converted if converted is not None and Fraction(converted) == value else None
+
+
+def _rounded_product(k: int, step: Fraction) -> float | None:
+    """``k * step`` in float arithmetic, rounded to 12 places (``0.1 * 3`` -> ``0.3``); ``None`` past the range."""
+    k_float, step_float = _float(k), _float(step)
+    if k_float is None or step_float is None or not math.isfinite(k_float * step_float):
+        return None
+    return round(k_float * step_float, 12)
+
+
 def _lcm(a: Fraction, b: Fraction) -> Fraction:
     return Fraction(math.lcm(a.numerator, b.numerator), math.gcd(a.denominator, b.denominator))
 
@@ -338,7 +364,7 @@ class _Generator:
             value = schema.get(keyword)
             if value is None or (isinstance(value, bool) and keyword.startswith("exclusive")):
                 continue
-            if not is_number(value) or not math.isfinite(value):
+            if not is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
                 raise SchemaError(f"{keyword} must be a number, got {value!r}", pointer)
             if keyword == "multipleOf":
                 if value <= 0:
@@ -652,6 +678,8 @@ class _Generator:
         return SchemaError(f"no {what} satisfies {', '.join(parts)}", pointer)
 
     def in_bounds(self, f: _Facts, value: int | float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
         v = Fraction(value)
         if f.lo is not None and (v < f.lo or (f.lo_excl and v == f.lo)):
             return False
@@ -687,19 +715,46 @@ class _Generator:
             if (k_lo is not None and k < k_lo) or (k_hi is not None and k > k_hi):
                 continue
             exact = k * step
-            value: int | float = int(exact) if as_int or exact.denominator == 1 else float(exact)
-            if self.in_bounds(f, value) and all(is_multiple(value, m) for m in f.multiples):
+            value = int(exact) if as_int or exact.denominator == 1 else _float(exact)
+            if value is not None and self.fits(f, value):
                 yield value
             if not as_int and exact.denominator != 1:
-                rounded = float(round(float(k) * float(step), 12))
-                if self.in_bounds(f, rounded) and all(is_multiple(rounded, m) for m in f.multiples):
+                rounded = _rounded_product(k, step)
+                if rounded is not None and self.fits(f, rounded):
                     yield rounded
+
+    def binary_multiples(self, f: _Facts, as_int: bool) -> Iterator[int | float]:
+        """``k * 2**j`` times a float ``multipleOf``, near the bounds: exact in binary.
+
+        The ``jsonschema`` package judges a float ``multipleOf`` by its binary
+        value, so these are multiples at any magnitude (``1e-300`` next to
+        ``1e300``), where the decimal steps of :meth:`multiples` are not.
+        Past the float range they are integers.
+        """
+        anchors = [b for b in (f.lo, f.hi) if b] or [Fraction(1)]
+        for m in f.multiples:
+            if not isinstance(m, float):
+                continue
+            for anchor in anchors:
+                ratio = abs(anchor) / Fraction(m)
+                top = ratio.numerator.bit_length() - ratio.denominator.bit_length()
+                for j in range(top - 4, top + 2):
+                    for k in range(1, 16):
+                        for sign in (1, -1):
+                            value = _exact(sign * k * Fraction(m) * Fraction(2) ** j, as_int)
+                            if value is not None and self.fits(f, value):
+                                yield value
+
+    def fits(self, f: _Facts, value: int | float) -> bool:
+        return self.in_bounds(f, value) and all(is_multiple(value, m) for m in f.multiples)
 
     def integer(self, f: _Facts, pointer: str, seed: Seed, minimal: bool) -> int:
         step = Fraction(1)
         for m in f.multiples:
             step = _lcm(step, _decimal(m))
         for value in self.multiples(f, step, seed, minimal, as_int=True):
+            return int(value)
+        for value in self.binary_multiples(f, as_int=True):
             return int(value)
         raise self.bounds_error(f, "integer", pointer)
 
@@ -710,6 +765,8 @@ class _Generator:
                 step = _lcm(step, _decimal(m))
             for value in self.multiples(f, step, seed, minimal, as_int=False):
                 return value
+            for value in self.binary_multiples(f, as_int=False):
+                return value
             raise self.bounds_error(f, "number", pointer)
         for value in self.plain_numbers(f, seed, minimal):
             if math.isfinite(value) and self.in_bounds(f, value):
@@ -719,8 +776,9 @@ class _Generator:
     def plain_numbers(self, f: _Facts, seed: Seed, minimal: bool) -> Iterator[float]:
         """Candidates, preferring short non-integral decimals (``12.25``)."""
         quarter = (2 * seed.child("q").below(400) + 1) / 4  # 0.25 .. 199.75, never integral
-        lo = float(f.lo) if f.lo is not None else None
-        hi = float(f.hi) if f.hi is not None else None
+        lo, hi = _float(f.lo), _float(f.hi)
+        if (lo is None and f.lo is not None and f.lo > 0) or (hi is None and f.hi is not None and f.hi < 0):
+            return  # every allowed number is past the float range: integers only
         if lo is not None and hi is not None:
             fraction = 0.5 if minimal else (1 + seed.child("f").below(98)) / 100
             yield round(lo + (hi - lo) * fraction, 2)

@@ -70,16 +70,16 @@ def type_matches(value: object, name: str) -> bool:
 
 
 def is_multiple(value: int | float, divisor: int | float) -> bool:
-    """``multipleOf`` exactly as the ``jsonschema`` package decides it."""
-    if isinstance(divisor, float):
-        quotient = value / divisor
-        try:
+    """``multipleOf`` as the ``jsonschema`` package decides it, exactly where its floats overflow."""
+    try:
+        if isinstance(divisor, float):
+            quotient = value / divisor
             return int(quotient) == quotient
-        except OverflowError:
-            return (Fraction(value) / Fraction(divisor)).denominator == 1
-        except ValueError:  # NaN
-            return False
-    return value % divisor == 0
+        return value % divisor == 0
+    except OverflowError:
+        return (Fraction(value) / Fraction(divisor)).denominator == 1
+    except ValueError:  # NaN
+        return False
 
 
 def canon(value: Any) -> Hashable:

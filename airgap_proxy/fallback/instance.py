@@ -31,7 +31,7 @@ Everything variable comes from the :class:`Seed`; nothing is random.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Container, Hashable, Iterator, Sized
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -62,6 +62,7 @@ MAX_STRING = 100_000
 MAX_TEXT = 1_000_000  # characters of strings per instance
 ATTEMPTS = 3  # seeds tried per node
 MAX_ALTERNATIVES = 48  # anyOf/oneOf/if combinations tried per node
+MAX_KEY = 24  # characters of an invented property name
 MAX_NESTING = 64  # schemas folded into one another at one node ($ref, allOf, not)
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima")
 _RICH = ("object", "array", "string", "number", "integer", "boolean", "null")
@@ -242,8 +243,8 @@ class _Generator:
         if self.steps > MAX_STEPS:
             raise _Exhausted("the schema is too large or too ambiguous for the deterministic fallback", pointer)
 
-    def generate(self, schema: object, pointer: str, depth: int, seed: Seed) -> Any:
-        """A value valid against ``schema``, or :class:`SchemaError`."""
+    def generate(self, schema: object, pointer: str, depth: int, seed: Seed, *, avoid: Container[Hashable] = ()) -> Any:
+        """A value valid against ``schema`` whose :func:`canon` key is not in ``avoid``, or :class:`SchemaError`."""
         if depth > MAX_DEPTH:
             raise _TooDeep("values nest too deeply (a recursive $ref with no way out?)", pointer)
         if schema is True:
@@ -257,7 +258,9 @@ class _Generator:
             for tried, facts in enumerate(self.alternatives(base, seed, minimal, errors)):
                 if tried >= MAX_ALTERNATIVES:
                     break
-                for value in self.candidates(facts, pointer, depth, seed, minimal=minimal, errors=errors):
+                for value in self.candidates(facts, pointer, depth, seed, minimal=minimal, errors=errors, avoid=avoid):
+                    if avoid and canon(value) in avoid:
+                        continue
                     self.tick(pointer)
                     if self.valid(schema, value, pointer):
                         return value
@@ -545,11 +548,19 @@ class _Generator:
     # ----------------------------------------------------------- candidates
 
     def candidates(
-        self, f: _Facts, pointer: str, depth: int, seed: Seed, *, minimal: bool, errors: list[SchemaError]
+        self,
+        f: _Facts,
+        pointer: str,
+        depth: int,
+        seed: Seed,
+        *,
+        minimal: bool,
+        errors: list[SchemaError],
+        avoid: Container[Hashable] = (),
     ) -> Iterator[Any]:
         """Values to check against the node's schema, best first."""
         if f.consts or f.enums:
-            yield from self.listed(f, seed, minimal)
+            yield from self.listed(f, seed, minimal, avoid)
             errors.append(SchemaError("no value of enum/const satisfies the other constraints", pointer))
             return
         types = self.type_order(f, depth, minimal)
@@ -600,17 +611,24 @@ class _Generator:
                 if self.string_fits(f, text):
                     yield text
 
-    def listed(self, f: _Facts, seed: Seed, minimal: bool) -> Iterator[Any]:
+    def listed(self, f: _Facts, seed: Seed, minimal: bool, avoid: Container[Hashable] = ()) -> Iterator[Any]:
+        """The ``const`` or ``enum`` values every listing allows, from a seeded start (past ``avoid``'s)."""
         pool = f.consts[:1] if f.consts else f.enums[0]
-        start = 0 if minimal or f.consts else seed.below(len(pool))
+        if f.consts:
+            start = 0
+        elif minimal:  # in order, from just past the values already taken (uniqueItems)
+            start = len(avoid) % len(pool) if isinstance(avoid, Sized) else 0
+        else:
+            start = seed.below(len(pool))
+        listings = [self.schema.enum_keys(values) for values in f.enums]
+        consts = {canon(c) for c in f.consts}
         excluded = [n for n in f.nots if isinstance(n, dict)]
         for k in range(len(pool)):
             value = pool[(start + k) % len(pool)]
             if isinstance(value, float) and not math.isfinite(value):
                 continue
-            if any(not _listed_in(value, other) for other in f.enums) or any(
-                canon(value) != canon(c) for c in f.consts
-            ):
+            key = canon(value)
+            if key in avoid or any(key not in keys for keys in listings) or any(key != c for c in consts):
                 continue
             if any(self.valid(n, value, "#") for n in excluded):
                 continue
@@ -910,7 +928,7 @@ class _Generator:
         """``count`` items or more, until every ``pending`` contains match is placed."""
         lo = f.min_items
         result: list[Any] = []
-        seen: set[object] | None = set() if f.unique else None
+        seen: set[Hashable] | None = set() if f.unique else None
         i = 0
         while (i < count or pending) and (hi is None or i < hi) and i < MAX_ITEMS:
             schemas: list[tuple[object, str]] = []
@@ -947,7 +965,7 @@ class _Generator:
             raise SchemaError("contains: no room for the items it needs next to the other array rules", pointer)
         return result
 
-    def item(self, schema: tuple[object, str], depth: int, seed: Seed, seen: set[object] | None) -> Any:
+    def item(self, schema: tuple[object, str], depth: int, seed: Seed, seen: set[Hashable] | None) -> Any:
         """``unique_item`` for a ``contains`` placement: ``_MISSING`` instead of an error."""
         try:
             return self.unique_item(schema[0], schema[1], depth, seed, seen=seen)
@@ -956,15 +974,19 @@ class _Generator:
         except SchemaError:
             return _MISSING
 
-    def unique_item(self, schema: object, pointer: str, depth: int, seed: Seed, *, seen: set[object] | None) -> Any:
+    def unique_item(self, schema: object, pointer: str, depth: int, seed: Seed, *, seen: set[Hashable] | None) -> Any:
         """A generated item; with ``seen`` (``uniqueItems``), one not seen yet, else ``_MISSING``."""
-        value = self.generate(schema, pointer, depth + 1, seed)
-        if seen is None or canon(value) not in seen:
-            return value
-        for attempt in range(1, 4 * ATTEMPTS):
-            value = self.generate(schema, pointer, depth + 1, seed.child(f"unique{attempt}"))
-            if canon(value) not in seen:
-                return value
+        if not seen:
+            return self.generate(schema, pointer, depth + 1, seed)
+        for attempt in range(4 * ATTEMPTS):
+            try:
+                return self.generate(
+                    schema, pointer, depth + 1, seed.child(f"unique{attempt}") if attempt else seed, avoid=seen
+                )
+            except _Exhausted:
+                raise
+            except SchemaError:
+                continue  # every candidate of this seed was taken
         return _MISSING
 
     # -------------------------------------------------------------- objects
@@ -1045,14 +1067,16 @@ class _Generator:
             if self.property_schemas(f, key) is not None:
                 chosen[key] = None
         self.add_dependencies(f, chosen, pointer)
-        extra = 0
+        extra = misses = 0
         while len(chosen) < f.min_props:
-            new_key = self.extra_key(f, chosen, pointer, depth, seed.child(f"key{extra}"))
+            new_key = self.extra_key(f, chosen, pointer, depth, seed.child(f"key{extra}"), index=extra)
             extra += 1
             if new_key is None:
-                if extra > 4 * ATTEMPTS:
+                misses += 1
+                if misses > 4 * ATTEMPTS:
                     raise SchemaError(f"minProperties {f.min_props}: cannot name enough allowed properties", pointer)
                 continue
+            misses = 0
             chosen[new_key] = None
             self.add_dependencies(f, chosen, pointer)
         ordered = [k for k in declared if k in chosen]
@@ -1073,30 +1097,66 @@ class _Generator:
                             chosen[key] = None
                             changed = True
 
-    def extra_key(self, f: _Facts, chosen: dict[str, None], pointer: str, depth: int, seed: Seed) -> str | None:
-        """A new property name that the rules allow, for ``minProperties``."""
-        candidates: list[str] = []
+    def extra_key(
+        self, f: _Facts, chosen: dict[str, None], pointer: str, depth: int, seed: Seed, *, index: int
+    ) -> str | None:
+        """A new property name that the rules allow, for ``minProperties`` (``index``: how many were asked for)."""
+        for key in self.key_candidates(f, chosen, pointer, depth, seed, index=index):
+            if key not in chosen and self.property_schemas(f, key) is not None:
+                return key
+        return None
+
+    def key_candidates(
+        self, f: _Facts, chosen: dict[str, None], pointer: str, depth: int, seed: Seed, *, index: int
+    ) -> Iterator[str]:
+        """Names to try, best first: pattern samples, ``propertyNames`` values, words, then numbered short names."""
+        # Short samples first; longer ones once the short names run out (samples favour few characters).
+        lengths = dict.fromkeys((1, min(1 + len(chosen).bit_length(), MAX_KEY), MAX_KEY))
         for rule in f.objects:
             for regex, _ in rule.patterns:
-                text = pattern.sample(regex, 1, 24, seed.child(regex))
-                if text is not None:
-                    candidates.append(text)
+                for shortest in lengths:
+                    text = pattern.sample(regex, shortest, MAX_KEY, seed.child(regex))
+                    if text is not None:
+                        yield text
         if f.names:
             names_schema = {"allOf": [*f.names, {"type": "string"}]}
             try:
-                candidates.append(self.generate(names_schema, f"{pointer}/propertyNames", depth + 1, seed))
+                yield self.generate(names_schema, f"{pointer}/propertyNames", depth + 1, seed, avoid=_Names(chosen))
             except _Exhausted:
                 raise
             except SchemaError:
                 pass
-        candidates.append(f"{_WORDS[seed.below(len(_WORDS))]}_{seed.child('n').below(1000)}")
-        for key in candidates:
-            if isinstance(key, str) and key not in chosen and self.property_schemas(f, key) is not None:
-                return key
-        return None
+        yield f"{_WORDS[seed.below(len(_WORDS))]}_{seed.child('n').below(1000)}"
+        yield _short_name(len(chosen) + index)  # distinct and short, for narrow propertyNames
 
 
 _MISSING: Any = object()
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+class _Names:
+    """The :func:`canon` keys (``("s", name)``) of an object's chosen property names, without copying them."""
+
+    def __init__(self, names: dict[str, None]):
+        self.names = names
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and key[0] == "s" and key[1] in self.names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _short_name(index: int) -> str:
+    """The ``index``-th of "a".."9", "aa".."99"...: short names (62 of one character), all distinct."""
+    name = ""
+    index += 1
+    while index:
+        index, digit = divmod(index - 1, len(_NAME_CHARS))
+        name = _NAME_CHARS[digit] + name
+    return name
+
+
 _NOT_NUMERIC = {
     "minimum": "exclusiveMaximum",
     "maximum": "exclusiveMinimum",
@@ -1168,11 +1228,6 @@ def _negation(schema: object) -> object | None:
     if not parts:
         return False  # every keyword was vacuous (``minLength: 0``, ``required: []``)
     return parts[0] if len(parts) == 1 else {"anyOf": parts}
-
-
-def _listed_in(value: Any, pool: list[Any]) -> bool:
-    key = canon(value)
-    return any(canon(item) == key for item in pool)
 
 
 def _combine(schemas: list[tuple[object, str]], pointer: str) -> tuple[object, str]:

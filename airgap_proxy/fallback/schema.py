@@ -86,8 +86,10 @@ def canon(value: Any) -> Hashable:
     """A hashable key under which JSON-equal values (``1`` and ``1.0``) coincide."""
     if isinstance(value, bool):
         return ("b", value)
-    if isinstance(value, (int, float)):
-        return ("n", Fraction(value)) if math.isfinite(value) else ("f", repr(value))
+    if isinstance(value, int):
+        return ("n", value)  # equal numbers hash alike across int, float and Fraction
+    if isinstance(value, float):
+        return ("n", value) if math.isfinite(value) else ("f", repr(value))
     if isinstance(value, str):
         return ("s", value)
     if value is None:
@@ -126,6 +128,7 @@ class Schema:
         self._anchors: dict[str, object] | None = None
         self._active: set[tuple[int, int]] = set()
         self._depth = 0
+        self._enums: dict[int, tuple[list[Any], frozenset[Hashable]]] = {}
 
     # ------------------------------------------------------------------ refs
 
@@ -209,7 +212,7 @@ class Schema:
                 return False
         if "const" in s and not json_equal(s["const"], v):
             return False
-        if "enum" in s and not any(json_equal(e, v) for e in s["enum"]):
+        if "enum" in s and not self._listed(s["enum"], v):
             return False
         if is_number(v) and not self._valid_number(s, v):
             return False
@@ -220,6 +223,18 @@ class Schema:
         if isinstance(v, dict) and not self._valid_object(s, v):
             return False
         return self._valid_applicators(s, v)
+
+    def _listed(self, values: object, v: Any) -> bool:
+        if isinstance(values, list):
+            return canon(v) in self.enum_keys(values)
+        return isinstance(values, (dict, str)) and any(json_equal(e, v) for e in values)
+
+    def enum_keys(self, values: list[Any]) -> frozenset[Hashable]:
+        """The :func:`canon` keys of an ``enum`` list, computed once per list."""
+        cached = self._enums.get(id(values))
+        if cached is None or cached[0] is not values:
+            cached = self._enums[id(values)] = (values, frozenset(canon(e) for e in values))
+        return cached[1]
 
     def _valid_number(self, s: dict[str, Any], v: int | float) -> bool:
         if isinstance(v, float) and not math.isfinite(v):

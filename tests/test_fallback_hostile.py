@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from airgap_proxy.app import create_app
-from airgap_proxy.payload import MAX_JSON_DEPTH
+from airgap_proxy.payload import MAX_JSON_DEPTH, nests_deeper
 from tests.conftest import make_config
 from tests.fakes import FakeUpstream
 from tests.test_fallback_schema import FLOAT_EDGES, assert_valid
@@ -183,3 +183,17 @@ async def test_deep_body_forwarded_with_a_new_model_is_a_400(aiohttp_server: Any
         status, answer = await send(int(server.port), CHAT, deep.encode(), {})
     assert_clean_400(status, answer, logs, "nests")
     assert fake.received == []
+
+
+@pytest.mark.parametrize(
+    ("text", "deeper"),
+    [
+        pytest.param('{"a":"' + "[" * 500 + '"}', False, id="brackets inside a string"),
+        pytest.param("{" + ",".join(f'"k{i}":[[1]]' for i in range(500)) + "}", False, id="wide, not deep"),
+        pytest.param('{"a":' + arrays(MAX_JSON_DEPTH - 1) + "}", False, id="at the limit"),
+        pytest.param('{"a":' + arrays(MAX_JSON_DEPTH) + "}", True, id="one past the limit"),
+        pytest.param('{"a":[' + objects(MAX_JSON_DEPTH) + "]}", True, id="objects in an array"),
+    ],
+)
+def test_nesting_is_measured_without_recursion(text: str, deeper: bool) -> None:
+    assert nests_deeper(text.encode(), json.loads(text)) is deeper

@@ -23,6 +23,9 @@ REQUIRED_FIELDS = {
     "embeddings": "input",
 }
 
+# Deepest nesting of arrays and objects accepted in a JSON body; deeper bodies
+# are refused (re-serialising and hashing them would exhaust the stack).
+MAX_JSON_DEPTH = 128
 
 # Body fields with which a client could steer a gateway upstream (LiteLLM and
 # friends) to another endpoint or credentials. Routing is the proxy's job: they
@@ -71,10 +74,14 @@ def parse_payload(endpoint: str, method: str, body: bytes) -> Payload:
         raise InvalidRequest("The request body is empty; expected a JSON object")
     try:
         data = loads(body)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:
         raise InvalidRequest("The request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object")
+    if nests_deeper(body, data):
+        raise _too_deep()
     if required not in data or data[required] is None:
         raise InvalidRequest(f"Missing required parameter: '{required}'", param=required)
     if required == "messages" and (not isinstance(data["messages"], list) or not data["messages"]):
@@ -95,15 +102,42 @@ def loads(body: bytes) -> Any:
         return json.loads(body)
 
 
+def nests_deeper(body: bytes, data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether arrays and objects in ``data`` (parsed from ``body``) nest deeper than ``limit``.
+
+    Walks level by level, without recursion; a body with too few brackets to
+    reach the limit is not walked at all.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    level: list[Any] = [data]
+    for _ in range(limit):
+        below: list[Any] = []
+        for node in level:
+            below.extend(c for c in (node.values() if isinstance(node, dict) else node) if isinstance(c, (dict, list)))
+        if not below:
+            return False
+        level = below
+    return True
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(f"The request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
+
+
 def _optional_payload(body: bytes) -> Payload:
     if not body:
         return Payload(model=None, stream=False, data=None)
     try:
         data = loads(body)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise _too_deep() from None  # JSON all the same: its hints could not be removed
+    except ValueError:
         return Payload(model=None, stream=False, data=None)
     if not isinstance(data, dict):
         return Payload(model=None, stream=False, data=None)
+    if nests_deeper(body, data):
+        raise _too_deep()
     model = data.get("model")
     stream = data.get("stream")
     return Payload(model=model if isinstance(model, str) else None, stream=stream is True, data=data)

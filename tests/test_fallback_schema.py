@@ -983,3 +983,176 @@ def test_meta_schema_generated_schemas() -> None:
 def test_floats_stay_finite() -> None:
     instance = instance_for({"type": "number", "minimum": 1.7e308}, SEEDS[0])
     assert math.isfinite(instance) and instance >= 1.7e308
+
+
+# --------------------------------------------------------------------------- #
+# Float limits, deep nesting, and constraints that need many distinct values
+# --------------------------------------------------------------------------- #
+
+FLOAT_MAX = 1.7976931348623157e308
+FLOAT_EDGES: list[Any] = [
+    pytest.param({"type": "number", "multipleOf": 1e-300, "minimum": 1e300}, id="tiny multipleOf, huge minimum"),
+    pytest.param({"type": "number", "multipleOf": 1e-300, "maximum": -1e300}, id="tiny multipleOf, huge maximum"),
+    pytest.param({"type": "number", "multipleOf": 1e300, "minimum": 1e-300}, id="huge multipleOf"),
+    pytest.param({"type": "number", "multipleOf": 5e-324}, id="subnormal multipleOf"),
+    pytest.param({"type": "integer", "multipleOf": 1e-300, "minimum": 1e300}, id="integer, tiny multipleOf"),
+    pytest.param({"type": "number", "exclusiveMinimum": FLOAT_MAX}, id="exclusiveMinimum at float max"),
+    pytest.param({"type": "number", "exclusiveMaximum": -FLOAT_MAX}, id="exclusiveMaximum at -float max"),
+    pytest.param({"type": "number", "minimum": FLOAT_MAX}, id="minimum at float max"),
+    pytest.param({"type": "number", "minimum": -1e308, "maximum": 1e308}, id="range wider than float max"),
+    pytest.param({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 5e-324}, id="no float between"),
+    pytest.param({"type": "integer", "multipleOf": 0.3, "minimum": 1e300}, id="integer, fractional multipleOf"),
+    pytest.param({"type": "number", "minimum": 2, "maximum": 1}, id="minimum over maximum"),
+    pytest.param({"type": "number", "multipleOf": 0.7, "minimum": 1e300, "maximum": 1e300}, id="multiple at one point"),
+    pytest.param({"type": "integer", "minimum": 10**400}, id="minimum past float range"),
+    pytest.param({"type": "number", "maximum": -(10**400)}, id="number maximum past float range"),
+    pytest.param({"type": "number", "multipleOf": 10**400}, id="multipleOf past float range"),
+    pytest.param({"enum": [10**400, 1.5]}, id="enum with an integer past float range"),
+    pytest.param({"type": "number", "multipleOf": 3, "exclusiveMinimum": 1e300}, id="integral multipleOf, huge bound"),
+]
+
+
+@pytest.mark.parametrize("schema", FLOAT_EDGES)
+def test_float_edges_give_a_valid_number_or_a_reason(schema: Any) -> None:
+    try:
+        instance = instance_for(schema, SEEDS[0])
+    except SchemaError as exc:
+        assert exc.reason and exc.pointer == "#"
+        return
+    assert_valid(schema, instance)
+
+
+def test_float_edges_that_are_satisfiable_are_satisfied() -> None:
+    refused = []
+    for param in FLOAT_EDGES:
+        try:
+            instance_for(param.values[0], SEEDS[0])
+        except SchemaError:
+            refused.append(param.id)
+    assert refused == ["no float between", "minimum over maximum"]
+
+
+def ref_chain(length: int, link: str) -> dict[str, Any]:
+    """d0 -> d1 -> ... -> dN through ``link`` (``%s`` is the next ``$ref``): flat JSON, deep schema."""
+    defs = {f"d{i}": json.loads(link % json.dumps({"$ref": f"#/$defs/d{i + 1}"})) for i in range(length)}
+    defs[f"d{length}"] = {"type": "integer"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        pytest.param("%s", id="$ref"),
+        pytest.param('{"allOf": [%s]}', id="allOf"),
+        pytest.param('{"not": {"not": %s}}', id="not"),
+        pytest.param('{"anyOf": [%s]}', id="anyOf (validation)"),
+        pytest.param('{"oneOf": [%s, false]}', id="oneOf (validation)"),
+    ],
+)
+def test_deep_schema_chains_are_refused_without_recursion_errors(link: str) -> None:
+    with pytest.raises(SchemaError, match="nests"):
+        instance_for(ref_chain(2_000, link), SEEDS[0])
+
+
+@pytest.mark.parametrize("link", ["%s", '{"allOf": [%s]}', '{"anyOf": [%s]}'])
+def test_moderate_schema_chains_still_work(link: str) -> None:
+    schema = ref_chain(30, link)
+    assert_valid(schema, instance_for(schema, SEEDS[0]))
+
+
+def test_many_pending_choices_do_not_recurse() -> None:
+    """Choices were folded one recursion level each: 1,000 of them overflowed the stack."""
+    schema: Any = {"type": "string"}
+    for _ in range(10):
+        schema = {"if": schema, "then": schema}
+    assert_valid(schema, instance_for(schema, SEEDS[0]))
+    many = {"allOf": [{"anyOf": [{"type": "integer"}, {"minimum": i}]} for i in range(1_500)]}
+    assert_valid(many, instance_for(many, SEEDS[0]))
+
+
+def names(n: int) -> list[str]:
+    return [f"k{i}" for i in range(n)]
+
+
+def distinct_values_schemas(n: int) -> list[Any]:
+    return [
+        pytest.param(
+            {"type": "array", "uniqueItems": True, "minItems": n, "items": {"enum": list(range(n))}},
+            id=f"uniqueItems over an enum of minItems={n} integers",
+        ),
+        pytest.param(
+            {"type": "array", "uniqueItems": True, "minItems": n, "maxItems": n, "items": {"enum": names(n)}},
+            id=f"uniqueItems over an enum of minItems={n} strings",
+        ),
+        pytest.param(
+            {
+                "type": "array",
+                "uniqueItems": True,
+                "minItems": n,
+                "items": {"enum": [{"id": i} for i in range(n)]},
+            },
+            id=f"uniqueItems over an enum of {n} objects",
+        ),
+        pytest.param(
+            {"type": "object", "propertyNames": {"enum": names(n)}, "minProperties": n},
+            id=f"propertyNames enum + minProperties={n}",
+        ),
+        pytest.param(
+            {"type": "object", "propertyNames": {"pattern": "^[a-z]{3}$"}, "minProperties": n},
+            id=f"propertyNames pattern + minProperties={n}",
+        ),
+        pytest.param(
+            {"type": "object", "propertyNames": {"maxLength": 2}, "minProperties": n},
+            id=f"short propertyNames + minProperties={n}",
+        ),
+        pytest.param(
+            {
+                "type": "object",
+                "patternProperties": {"^x[0-9]+$": {"type": "integer"}},
+                "additionalProperties": False,
+                "minProperties": n,
+            },
+            id=f"patternProperties closed + minProperties={n}",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("schema", distinct_values_schemas(50) + distinct_values_schemas(1_000))
+def test_many_distinct_values_are_made_in_bounded_time(schema: Any) -> None:
+    """Were refused from n = 50 on, after quadratic work (3.4 s for 1,000 enum items)."""
+    started = time.perf_counter()
+    instance = instance_for(schema, SEEDS[0])
+    assert time.perf_counter() - started < 2
+    assert_valid(schema, instance)
+
+
+def test_unique_items_over_a_thousand_enum_values_is_fast() -> None:
+    schema = {"type": "array", "uniqueItems": True, "minItems": 1_000, "items": {"enum": list(range(1_000))}}
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        instance_for(schema, SEEDS[0])
+        best = min(best, time.perf_counter() - started)
+    assert best < 0.1, best
+
+
+@pytest.mark.parametrize(
+    ("schema", "reason"),
+    [
+        pytest.param(
+            {"type": "array", "uniqueItems": True, "minItems": 1_000, "items": {"enum": list(range(999))}},
+            "uniqueItems: cannot make 1000 distinct items",
+            id="one enum value short",
+        ),
+        pytest.param(
+            {"type": "object", "propertyNames": {"enum": names(999)}, "minProperties": 1_000},
+            "minProperties 1000: cannot name enough allowed properties",
+            id="one property name short",
+        ),
+    ],
+)
+def test_one_value_short_is_refused_quickly(schema: Any, reason: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(SchemaError, match=reason):
+        instance_for(schema, SEEDS[0])
+    assert time.perf_counter() - started < 2

@@ -247,3 +247,42 @@ def test_generated_schemas_validate_through_the_sdk(sdk: openai.OpenAI, schema: 
         response_format={"type": "json_schema", "json_schema": {"name": "g", "schema": root}},
     )
     jsonschema.validate(json.loads(chat.choices[0].message.content or ""), root)
+
+
+def test_many_distinct_values_through_the_sdk(sdk: openai.OpenAI) -> None:
+    """uniqueItems over an enum of exactly minItems values, and closed patternProperties with minProperties.
+
+    Both were refused with 400 from 50 values on, after seconds of work for 1,000.
+    """
+    values = [f"v{i}" for i in range(1_000)]
+    schema = {
+        "type": "object",
+        "properties": {"picked": {"type": "array", "uniqueItems": True, "minItems": 1_000, "items": {"enum": values}}},
+        "required": ["picked"],
+        "additionalProperties": False,
+    }
+    chat = sdk.chat.completions.create(
+        model="m",
+        messages=MESSAGES,
+        response_format={"type": "json_schema", "json_schema": {"name": "all", "schema": schema}},
+        extra_headers={"X-Airgap-Mode": "deterministic"},
+    )
+    jsonschema.validate(json.loads(chat.choices[0].message.content or ""), schema)
+    parameters = {
+        "type": "object",
+        "patternProperties": {"^x[0-9]+$": {"type": "integer"}},
+        "propertyNames": {"maxLength": 12},
+        "additionalProperties": False,
+        "minProperties": 200,
+    }
+    tool: dict[str, Any] = {"type": "function", "function": {"name": "tally", "parameters": parameters}}
+    called = sdk.chat.completions.create(
+        model="m",
+        messages=MESSAGES,
+        tools=[tool],
+        tool_choice={"type": "function", "function": {"name": "tally"}},
+        extra_headers={"X-Airgap-Mode": "deterministic"},
+    )
+    calls = called.choices[0].message.tool_calls
+    assert calls is not None
+    jsonschema.validate(json.loads(calls[0].function.arguments), parameters)

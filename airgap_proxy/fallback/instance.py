@@ -31,7 +31,7 @@ Everything variable comes from the :class:`Seed`; nothing is random.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Container, Hashable, Iterator, Sized
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -40,6 +40,7 @@ from airgap_proxy.fallback import formats, pattern
 from airgap_proxy.fallback.limits import spend
 from airgap_proxy.fallback.schema import (
     TYPES,
+    NestingError,
     Schema,
     SchemaError,
     array_rules,
@@ -62,6 +63,8 @@ MAX_STRING = 100_000
 MAX_TEXT = 1_000_000  # characters of strings per instance
 ATTEMPTS = 3  # seeds tried per node
 MAX_ALTERNATIVES = 48  # anyOf/oneOf/if combinations tried per node
+MAX_KEY = 24  # characters of an invented property name
+MAX_NESTING = 64  # schemas folded into one another at one node ($ref, allOf, not)
 _WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima")
 _RICH = ("object", "array", "string", "number", "integer", "boolean", "null")
 _SIMPLE = ("null", "boolean", "integer", "number", "string", "array", "object")
@@ -69,6 +72,10 @@ _SIMPLE = ("null", "boolean", "integer", "number", "string", "array", "object")
 
 class _Exhausted(SchemaError):
     """The budget ran out: stop everything, do not try alternatives."""
+
+
+class _Nested(_Exhausted):
+    """The schema nests past what the fallback walks: stop, whatever the branch."""
 
 
 class _TooDeep(SchemaError):
@@ -158,7 +165,10 @@ def instance_for(schema: object, seed: Seed) -> Any:
     Raises :class:`SchemaError` when the schema cannot be satisfied, uses an
     unsupported construct, or needs more than the fallback's limits.
     """
-    return _Generator(schema).generate(schema, "#", 0, seed)
+    try:
+        return _Generator(schema).generate(schema, "#", 0, seed)
+    except RecursionError:  # a last resort: the explicit limits should stop nesting first
+        raise _Nested("the schema nests too deeply for the deterministic fallback", "#") from None
 
 
 def _kind(value: object) -> str:
@@ -176,6 +186,32 @@ def _kind(value: object) -> str:
 def _decimal(value: int | float) -> Fraction:
     """The number as written in JSON (``0.1`` is one tenth, not its binary neighbour)."""
     return Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
+
+
+def _float(value: Fraction | int | float | None) -> float | None:
+    """``value`` as a float; ``None`` if it is ``None`` or past the float range."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _exact(value: Fraction, as_int: bool) -> int | float | None:
+    """``value`` as an int or a float that is exactly it; ``None`` if neither can be."""
+    if value.denominator == 1:
+        return int(value)
+    converted = None if as_int else _float(value)
+    return converted if converted is not None and Fraction(converted) == value else None
+
+
+def _rounded_product(k: int, step: Fraction) -> float | None:
+    """``k * step`` in float arithmetic, rounded to 12 places (``0.1 * 3`` -> ``0.3``); ``None`` past the range."""
+    k_float, step_float = _float(k), _float(step)
+    if k_float is None or step_float is None or not math.isfinite(k_float * step_float):
+        return None
+    return round(k_float * step_float, 12)
 
 
 def _lcm(a: Fraction, b: Fraction) -> Fraction:
@@ -199,6 +235,7 @@ class _Generator:
         self.steps = 0
         self.text = 0
         self.ref_stack: list[set[str]] = []
+        self.nesting = 0
 
     # --------------------------------------------------------------- driver
 
@@ -208,8 +245,8 @@ class _Generator:
         if self.steps > MAX_STEPS:
             raise _Exhausted("the schema is too large or too ambiguous for the deterministic fallback", pointer)
 
-    def generate(self, schema: object, pointer: str, depth: int, seed: Seed) -> Any:
-        """A value valid against ``schema``, or :class:`SchemaError`."""
+    def generate(self, schema: object, pointer: str, depth: int, seed: Seed, *, avoid: Container[Hashable] = ()) -> Any:
+        """A value valid against ``schema`` whose :func:`canon` key is not in ``avoid``, or :class:`SchemaError`."""
         if depth > MAX_DEPTH:
             raise _TooDeep("values nest too deeply (a recursive $ref with no way out?)", pointer)
         if schema is True:
@@ -223,9 +260,11 @@ class _Generator:
             for tried, facts in enumerate(self.alternatives(base, seed, minimal, errors)):
                 if tried >= MAX_ALTERNATIVES:
                     break
-                for value in self.candidates(facts, pointer, depth, seed, minimal=minimal, errors=errors):
+                for value in self.candidates(facts, pointer, depth, seed, minimal=minimal, errors=errors, avoid=avoid):
+                    if avoid and canon(value) in avoid:
+                        continue
                     self.tick(pointer)
-                    if self.schema.valid(schema, value):
+                    if self.valid(schema, value, pointer):
                         return value
         finally:
             self.ref_stack.pop()
@@ -233,10 +272,26 @@ class _Generator:
             raise errors[0]
         raise SchemaError("no value satisfies every constraint together (allOf/anyOf/oneOf/not/if)", pointer)
 
+    def valid(self, schema: object, value: Any, pointer: str) -> bool:
+        """:meth:`Schema.valid`, with its nesting limit turned into a stop."""
+        try:
+            return self.schema.valid(schema, value)
+        except NestingError as exc:
+            raise _Nested(exc.reason, pointer) from None
+
     # -------------------------------------------------------------- collect
 
     def collect(self, f: _Facts, schema: object, pointer: str, active: tuple[str, ...]) -> None:
-        """Fold ``schema`` (with its ``$ref`` and ``allOf``) into ``f``."""
+        """Fold ``schema`` (with its ``$ref`` and ``allOf``) into ``f``, at most ``MAX_NESTING`` deep."""
+        if self.nesting >= MAX_NESTING:
+            raise _Nested(f"the schema nests more than {MAX_NESTING} levels deep ($ref, allOf, not)", pointer)
+        self.nesting += 1
+        try:
+            self.fold(f, schema, pointer, active)
+        finally:
+            self.nesting -= 1
+
+    def fold(self, f: _Facts, schema: object, pointer: str, active: tuple[str, ...]) -> None:
         if schema is True:
             return
         if schema is False:
@@ -314,7 +369,7 @@ class _Generator:
             value = schema.get(keyword)
             if value is None or (isinstance(value, bool) and keyword.startswith("exclusive")):
                 continue
-            if not is_number(value) or not math.isfinite(value):
+            if not is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
                 raise SchemaError(f"{keyword} must be a number, got {value!r}", pointer)
             if keyword == "multipleOf":
                 if value <= 0:
@@ -410,10 +465,19 @@ class _Generator:
     # --------------------------------------------------------- alternatives
 
     def alternatives(self, base: _Facts, seed: Seed, minimal: bool, errors: list[SchemaError]) -> Iterator[_Facts]:
-        """``base`` with each combination of its pending choices folded in."""
-        if not base.choices:
-            yield base
-            return
+        """``base`` with each combination of its pending choices folded in, depth first, without recursion."""
+        stack: list[Iterator[_Facts]] = [iter((base,))]
+        while stack:
+            f = next(stack[-1], None)
+            if f is None:
+                stack.pop()
+            elif not f.choices:
+                yield f
+            else:
+                stack.append(self.branches(f, seed, minimal, errors))
+
+    def branches(self, base: _Facts, seed: Seed, minimal: bool, errors: list[SchemaError]) -> Iterator[_Facts]:
+        """``base`` with each branch of its first pending choice folded in (the other choices stay pending)."""
         kind, branches, pointer = base.choices[0]
         rest = base.choices[1:]
         if kind == "if":
@@ -433,7 +497,7 @@ class _Generator:
                 except SchemaError as exc:
                     errors.append(exc)
                     continue
-                yield from self.alternatives(f, seed, minimal, errors)
+                yield f
             return
         order = self.branch_order(branches, seed.child(pointer + kind), minimal)
         # oneOf: first leave the other branches to the final check (cheap, usually enough), then
@@ -455,7 +519,7 @@ class _Generator:
                 except SchemaError as exc:
                     errors.append(exc)
                     continue
-                yield from self.alternatives(f, seed, minimal, errors)
+                yield f
 
     def branch_order(self, branches: list[object], seed: Seed, minimal: bool) -> list[int]:
         """Seed-rotated; null-only branches last; when minimal, simple and non-recursive first."""
@@ -486,11 +550,19 @@ class _Generator:
     # ----------------------------------------------------------- candidates
 
     def candidates(
-        self, f: _Facts, pointer: str, depth: int, seed: Seed, *, minimal: bool, errors: list[SchemaError]
+        self,
+        f: _Facts,
+        pointer: str,
+        depth: int,
+        seed: Seed,
+        *,
+        minimal: bool,
+        errors: list[SchemaError],
+        avoid: Container[Hashable] = (),
     ) -> Iterator[Any]:
         """Values to check against the node's schema, best first."""
         if f.consts or f.enums:
-            yield from self.listed(f, seed, minimal)
+            yield from self.listed(f, seed, minimal, avoid)
             errors.append(SchemaError("no value of enum/const satisfies the other constraints", pointer))
             return
         types = self.type_order(f, depth, minimal)
@@ -541,19 +613,26 @@ class _Generator:
                 if self.string_fits(f, text):
                     yield text
 
-    def listed(self, f: _Facts, seed: Seed, minimal: bool) -> Iterator[Any]:
+    def listed(self, f: _Facts, seed: Seed, minimal: bool, avoid: Container[Hashable] = ()) -> Iterator[Any]:
+        """The ``const`` or ``enum`` values every listing allows, from a seeded start (past ``avoid``'s)."""
         pool = f.consts[:1] if f.consts else f.enums[0]
-        start = 0 if minimal or f.consts else seed.below(len(pool))
+        if f.consts:
+            start = 0
+        elif minimal:  # in order, from just past the values already taken (uniqueItems)
+            start = len(avoid) % len(pool) if isinstance(avoid, Sized) else 0
+        else:
+            start = seed.below(len(pool))
+        listings = [self.schema.enum_keys(values) for values in f.enums]
+        consts = {canon(c) for c in f.consts}
         excluded = [n for n in f.nots if isinstance(n, dict)]
         for k in range(len(pool)):
             value = pool[(start + k) % len(pool)]
             if isinstance(value, float) and not math.isfinite(value):
                 continue
-            if any(not _listed_in(value, other) for other in f.enums) or any(
-                canon(value) != canon(c) for c in f.consts
-            ):
+            key = canon(value)
+            if key in avoid or any(key not in keys for keys in listings) or any(key != c for c in consts):
                 continue
-            if any(self.schema.valid(n, value) for n in excluded):
+            if any(self.valid(n, value, "#") for n in excluded):
                 continue
             yield value
 
@@ -619,6 +698,8 @@ class _Generator:
         return SchemaError(f"no {what} satisfies {', '.join(parts)}", pointer)
 
     def in_bounds(self, f: _Facts, value: int | float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
         v = Fraction(value)
         if f.lo is not None and (v < f.lo or (f.lo_excl and v == f.lo)):
             return False
@@ -654,19 +735,46 @@ class _Generator:
             if (k_lo is not None and k < k_lo) or (k_hi is not None and k > k_hi):
                 continue
             exact = k * step
-            value: int | float = int(exact) if as_int or exact.denominator == 1 else float(exact)
-            if self.in_bounds(f, value) and all(is_multiple(value, m) for m in f.multiples):
+            value = int(exact) if as_int or exact.denominator == 1 else _float(exact)
+            if value is not None and self.fits(f, value):
                 yield value
             if not as_int and exact.denominator != 1:
-                rounded = float(round(float(k) * float(step), 12))
-                if self.in_bounds(f, rounded) and all(is_multiple(rounded, m) for m in f.multiples):
+                rounded = _rounded_product(k, step)
+                if rounded is not None and self.fits(f, rounded):
                     yield rounded
+
+    def binary_multiples(self, f: _Facts, as_int: bool) -> Iterator[int | float]:
+        """``k * 2**j`` times a float ``multipleOf``, near the bounds: exact in binary.
+
+        The ``jsonschema`` package judges a float ``multipleOf`` by its binary
+        value, so these are multiples at any magnitude (``1e-300`` next to
+        ``1e300``), where the decimal steps of :meth:`multiples` are not.
+        Past the float range they are integers.
+        """
+        anchors = [b for b in (f.lo, f.hi) if b] or [Fraction(1)]
+        for m in f.multiples:
+            if not isinstance(m, float):
+                continue
+            for anchor in anchors:
+                ratio = abs(anchor) / Fraction(m)
+                top = ratio.numerator.bit_length() - ratio.denominator.bit_length()
+                for j in range(top - 4, top + 2):
+                    for k in range(1, 16):
+                        for sign in (1, -1):
+                            value = _exact(sign * k * Fraction(m) * Fraction(2) ** j, as_int)
+                            if value is not None and self.fits(f, value):
+                                yield value
+
+    def fits(self, f: _Facts, value: int | float) -> bool:
+        return self.in_bounds(f, value) and all(is_multiple(value, m) for m in f.multiples)
 
     def integer(self, f: _Facts, pointer: str, seed: Seed, minimal: bool) -> int:
         step = Fraction(1)
         for m in f.multiples:
             step = _lcm(step, _decimal(m))
         for value in self.multiples(f, step, seed, minimal, as_int=True):
+            return int(value)
+        for value in self.binary_multiples(f, as_int=True):
             return int(value)
         raise self.bounds_error(f, "integer", pointer)
 
@@ -677,6 +785,8 @@ class _Generator:
                 step = _lcm(step, _decimal(m))
             for value in self.multiples(f, step, seed, minimal, as_int=False):
                 return value
+            for value in self.binary_multiples(f, as_int=False):
+                return value
             raise self.bounds_error(f, "number", pointer)
         for value in self.plain_numbers(f, seed, minimal):
             if math.isfinite(value) and self.in_bounds(f, value):
@@ -686,8 +796,9 @@ class _Generator:
     def plain_numbers(self, f: _Facts, seed: Seed, minimal: bool) -> Iterator[float]:
         """Candidates, preferring short non-integral decimals (``12.25``)."""
         quarter = (2 * seed.child("q").below(400) + 1) / 4  # 0.25 .. 199.75, never integral
-        lo = float(f.lo) if f.lo is not None else None
-        hi = float(f.hi) if f.hi is not None else None
+        lo, hi = _float(f.lo), _float(f.hi)
+        if (lo is None and f.lo is not None and f.lo > 0) or (hi is None and f.hi is not None and f.hi < 0):
+            return  # every allowed number is past the float range: integers only
         if lo is not None and hi is not None:
             fraction = 0.5 if minimal else (1 + seed.child("f").below(98)) / 100
             yield round(lo + (hi - lo) * fraction, 2)
@@ -819,7 +930,7 @@ class _Generator:
         """``count`` items or more, until every ``pending`` contains match is placed."""
         lo = f.min_items
         result: list[Any] = []
-        seen: set[object] | None = set() if f.unique else None
+        seen: set[Hashable] | None = set() if f.unique else None
         i = 0
         while (i < count or pending) and (hi is None or i < hi) and i < MAX_ITEMS:
             schemas: list[tuple[object, str]] = []
@@ -856,7 +967,7 @@ class _Generator:
             raise SchemaError("contains: no room for the items it needs next to the other array rules", pointer)
         return result
 
-    def item(self, schema: tuple[object, str], depth: int, seed: Seed, seen: set[object] | None) -> Any:
+    def item(self, schema: tuple[object, str], depth: int, seed: Seed, seen: set[Hashable] | None) -> Any:
         """``unique_item`` for a ``contains`` placement: ``_MISSING`` instead of an error."""
         try:
             return self.unique_item(schema[0], schema[1], depth, seed, seen=seen)
@@ -865,15 +976,19 @@ class _Generator:
         except SchemaError:
             return _MISSING
 
-    def unique_item(self, schema: object, pointer: str, depth: int, seed: Seed, *, seen: set[object] | None) -> Any:
+    def unique_item(self, schema: object, pointer: str, depth: int, seed: Seed, *, seen: set[Hashable] | None) -> Any:
         """A generated item; with ``seen`` (``uniqueItems``), one not seen yet, else ``_MISSING``."""
-        value = self.generate(schema, pointer, depth + 1, seed)
-        if seen is None or canon(value) not in seen:
-            return value
-        for attempt in range(1, 4 * ATTEMPTS):
-            value = self.generate(schema, pointer, depth + 1, seed.child(f"unique{attempt}"))
-            if canon(value) not in seen:
-                return value
+        if not seen:
+            return self.generate(schema, pointer, depth + 1, seed)
+        for attempt in range(4 * ATTEMPTS):
+            try:
+                return self.generate(
+                    schema, pointer, depth + 1, seed.child(f"unique{attempt}") if attempt else seed, avoid=seen
+                )
+            except _Exhausted:
+                raise
+            except SchemaError:
+                continue  # every candidate of this seed was taken
         return _MISSING
 
     # -------------------------------------------------------------- objects
@@ -896,7 +1011,7 @@ class _Generator:
                 schemas.append((rule.additional, f"{rule.pointer}/additionalProperties"))
         if f.closed_props and not any(key in rule.properties for rule in f.objects):
             return None
-        if any(not self.schema.valid(names, key) for names in f.names):
+        if any(not self.valid(names, key, "#") for names in f.names):
             return None
         return schemas
 
@@ -954,14 +1069,16 @@ class _Generator:
             if self.property_schemas(f, key) is not None:
                 chosen[key] = None
         self.add_dependencies(f, chosen, pointer)
-        extra = 0
+        extra = misses = 0
         while len(chosen) < f.min_props:
-            new_key = self.extra_key(f, chosen, pointer, depth, seed.child(f"key{extra}"))
+            new_key = self.extra_key(f, chosen, pointer, depth, seed.child(f"key{extra}"), index=extra)
             extra += 1
             if new_key is None:
-                if extra > 4 * ATTEMPTS:
+                misses += 1
+                if misses > 4 * ATTEMPTS:
                     raise SchemaError(f"minProperties {f.min_props}: cannot name enough allowed properties", pointer)
                 continue
+            misses = 0
             chosen[new_key] = None
             self.add_dependencies(f, chosen, pointer)
         ordered = [k for k in declared if k in chosen]
@@ -982,30 +1099,66 @@ class _Generator:
                             chosen[key] = None
                             changed = True
 
-    def extra_key(self, f: _Facts, chosen: dict[str, None], pointer: str, depth: int, seed: Seed) -> str | None:
-        """A new property name that the rules allow, for ``minProperties``."""
-        candidates: list[str] = []
+    def extra_key(
+        self, f: _Facts, chosen: dict[str, None], pointer: str, depth: int, seed: Seed, *, index: int
+    ) -> str | None:
+        """A new property name that the rules allow, for ``minProperties`` (``index``: how many were asked for)."""
+        for key in self.key_candidates(f, chosen, pointer, depth, seed, index=index):
+            if key not in chosen and self.property_schemas(f, key) is not None:
+                return key
+        return None
+
+    def key_candidates(
+        self, f: _Facts, chosen: dict[str, None], pointer: str, depth: int, seed: Seed, *, index: int
+    ) -> Iterator[str]:
+        """Names to try, best first: pattern samples, ``propertyNames`` values, words, then numbered short names."""
+        # Short samples first; longer ones once the short names run out (samples favour few characters).
+        lengths = dict.fromkeys((1, min(1 + len(chosen).bit_length(), MAX_KEY), MAX_KEY))
         for rule in f.objects:
             for regex, _ in rule.patterns:
-                text = pattern.sample(regex, 1, 24, seed.child(regex))
-                if text is not None:
-                    candidates.append(text)
+                for shortest in lengths:
+                    text = pattern.sample(regex, shortest, MAX_KEY, seed.child(regex))
+                    if text is not None:
+                        yield text
         if f.names:
             names_schema = {"allOf": [*f.names, {"type": "string"}]}
             try:
-                candidates.append(self.generate(names_schema, f"{pointer}/propertyNames", depth + 1, seed))
+                yield self.generate(names_schema, f"{pointer}/propertyNames", depth + 1, seed, avoid=_Names(chosen))
             except _Exhausted:
                 raise
             except SchemaError:
                 pass
-        candidates.append(f"{_WORDS[seed.below(len(_WORDS))]}_{seed.child('n').below(1000)}")
-        for key in candidates:
-            if isinstance(key, str) and key not in chosen and self.property_schemas(f, key) is not None:
-                return key
-        return None
+        yield f"{_WORDS[seed.below(len(_WORDS))]}_{seed.child('n').below(1000)}"
+        yield _short_name(len(chosen) + index)  # distinct and short, for narrow propertyNames
 
 
 _MISSING: Any = object()
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+class _Names:
+    """The :func:`canon` keys (``("s", name)``) of an object's chosen property names, without copying them."""
+
+    def __init__(self, names: dict[str, None]):
+        self.names = names
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 2 and key[0] == "s" and key[1] in self.names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _short_name(index: int) -> str:
+    """The ``index``-th of "a".."9", "aa".."99"...: short names (62 of one character), all distinct."""
+    name = ""
+    index += 1
+    while index:
+        index, digit = divmod(index - 1, len(_NAME_CHARS))
+        name = _NAME_CHARS[digit] + name
+    return name
+
+
 _NOT_NUMERIC = {
     "minimum": "exclusiveMaximum",
     "maximum": "exclusiveMinimum",
@@ -1077,11 +1230,6 @@ def _negation(schema: object) -> object | None:
     if not parts:
         return False  # every keyword was vacuous (``minLength: 0``, ``required: []``)
     return parts[0] if len(parts) == 1 else {"anyOf": parts}
-
-
-def _listed_in(value: Any, pool: list[Any]) -> bool:
-    key = canon(value)
-    return any(canon(item) == key for item in pool)
 
 
 def _combine(schemas: list[tuple[object, str]], pointer: str) -> tuple[object, str]:

@@ -22,6 +22,7 @@ from airgap_proxy.fallback import formats, pattern
 from airgap_proxy.fallback.limits import spend
 
 TYPES = ("null", "boolean", "object", "array", "number", "string", "integer")
+MAX_NESTING = 128  # subschemas validated within one another ($ref, applicators, items, properties)
 
 
 class SchemaError(ValueError):
@@ -35,6 +36,10 @@ class SchemaError(ValueError):
         super().__init__(f"{reason} (at {pointer})")
         self.reason = reason
         self.pointer = pointer
+
+
+class NestingError(SchemaError):
+    """Validation went more than ``MAX_NESTING`` subschemas deep."""
 
 
 def is_number(value: object) -> TypeGuard[int | float]:
@@ -66,24 +71,26 @@ def type_matches(value: object, name: str) -> bool:
 
 
 def is_multiple(value: int | float, divisor: int | float) -> bool:
-    """``multipleOf`` exactly as the ``jsonschema`` package decides it."""
-    if isinstance(divisor, float):
-        quotient = value / divisor
-        try:
+    """``multipleOf`` as the ``jsonschema`` package decides it, exactly where its floats overflow."""
+    try:
+        if isinstance(divisor, float):
+            quotient = value / divisor
             return int(quotient) == quotient
-        except OverflowError:
-            return (Fraction(value) / Fraction(divisor)).denominator == 1
-        except ValueError:  # NaN
-            return False
-    return value % divisor == 0
+        return value % divisor == 0
+    except OverflowError:
+        return (Fraction(value) / Fraction(divisor)).denominator == 1
+    except ValueError:  # NaN
+        return False
 
 
 def canon(value: Any) -> Hashable:
     """A hashable key under which JSON-equal values (``1`` and ``1.0``) coincide."""
     if isinstance(value, bool):
         return ("b", value)
-    if isinstance(value, (int, float)):
-        return ("n", Fraction(value)) if math.isfinite(value) else ("f", repr(value))
+    if isinstance(value, int):
+        return ("n", value)  # equal numbers hash alike across int, float and Fraction
+    if isinstance(value, float):
+        return ("n", value) if math.isfinite(value) else ("f", repr(value))
     if isinstance(value, str):
         return ("s", value)
     if value is None:
@@ -121,6 +128,8 @@ class Schema:
         self.root = root
         self._anchors: dict[str, object] | None = None
         self._active: set[tuple[int, int]] = set()
+        self._depth = 0
+        self._enums: dict[int, tuple[list[Any], frozenset[Hashable]]] = {}
 
     # ------------------------------------------------------------------ refs
 
@@ -168,7 +177,10 @@ class Schema:
     # ------------------------------------------------------------ validation
 
     def valid(self, schema: object, value: Any) -> bool:
-        """Whether ``value`` is valid against ``schema`` (a part of this root)."""
+        """Whether ``value`` is valid against ``schema`` (a part of this root).
+
+        Raises :class:`NestingError` past ``MAX_NESTING`` nested subschemas.
+        """
         spend()
         if schema is True:
             return True
@@ -177,11 +189,15 @@ class Schema:
         key = (id(schema), id(value))
         if key in self._active:  # a reference cycle that consumed nothing: vacuous
             return True
+        if self._depth >= MAX_NESTING:
+            raise NestingError(f"validation nests more than {MAX_NESTING} schemas deep", "#")
         self._active.add(key)
+        self._depth += 1
         try:
             return self._valid(schema, value)
         finally:
             self._active.discard(key)
+            self._depth -= 1
 
     def _valid(self, s: dict[str, Any], v: Any) -> bool:
         if "$ref" in s:
@@ -198,7 +214,7 @@ class Schema:
                 return False
         if "const" in s and not json_equal(s["const"], v):
             return False
-        if "enum" in s and not any(json_equal(e, v) for e in s["enum"]):
+        if "enum" in s and not self._listed(s["enum"], v):
             return False
         if is_number(v) and not self._valid_number(s, v):
             return False
@@ -209,6 +225,18 @@ class Schema:
         if isinstance(v, dict) and not self._valid_object(s, v):
             return False
         return self._valid_applicators(s, v)
+
+    def _listed(self, values: object, v: Any) -> bool:
+        if isinstance(values, list):
+            return canon(v) in self.enum_keys(values)
+        return isinstance(values, (dict, str)) and any(json_equal(e, v) for e in values)
+
+    def enum_keys(self, values: list[Any]) -> frozenset[Hashable]:
+        """The :func:`canon` keys of an ``enum`` list, computed once per list."""
+        cached = self._enums.get(id(values))
+        if cached is None or cached[0] is not values:
+            cached = self._enums[id(values)] = (values, frozenset(canon(e) for e in values))
+        return cached[1]
 
     def _valid_number(self, s: dict[str, Any], v: int | float) -> bool:
         if isinstance(v, float) and not math.isfinite(v):

@@ -217,10 +217,17 @@ async def test_a_probe_that_cannot_connect_counts_while_requests_are_in_flight(b
 
 async def test_a_read_timeout_is_not_retried_on_the_next_upstream(aiohttp_server: Any, aiohttp_client: Any) -> None:
     # The primary took the request and may be generating: sending it again elsewhere would run it twice.
+    handlers: list[asyncio.Task[Any]] = []
+
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await asyncio.sleep(5)
-        writer.close()
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.sleep(5)
+        finally:
+            writer.close()  # also when the test ends first and the handler is cancelled
 
     stalled = await asyncio.start_server(stall, "127.0.0.1", 0)
     fake = FakeUpstream()
@@ -243,3 +250,6 @@ async def test_a_read_timeout_is_not_retried_on_the_next_upstream(aiohttp_server
         assert fake.received == []
     finally:
         stalled.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)

@@ -504,8 +504,10 @@ async def test_connection_refused_falls_back_when_deterministic(aiohttp_client: 
 
 async def test_a_fallback_after_an_upstream_failure_says_why_in_the_audit_event(aiohttp_client: Any) -> None:
     async def reset_on_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        reset(writer)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+        finally:
+            reset(writer)
 
     server = await asyncio.start_server(reset_on_request, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]

@@ -159,8 +159,8 @@ class ThreadedServers:
         await site.start()
         self.runners.append(runner)
         server = site._server
-        assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        assert isinstance(server, asyncio.Server)
+        return int(server.sockets[0].getsockname()[1])
 
     def start(self, app: web.Application, host: str = "127.0.0.1") -> int:
         return int(self.call(self._start(app, host)))

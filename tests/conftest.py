@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -160,7 +160,8 @@ class ThreadedServers:
         self.runners.append(runner)
         server = site._server
         assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        # A listening TCP site's server has sockets; uvloop's does not subclass asyncio.Server.
+        return int(cast(asyncio.Server, server).sockets[0].getsockname()[1])
 
     def start(self, app: web.Application, host: str = "127.0.0.1") -> int:
         return int(self.call(self._start(app, host)))

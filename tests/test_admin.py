@@ -43,7 +43,7 @@ def tenant_config(
     return make_config(raw, full_env)
 
 
-def provider(base_url: str = LOCAL_URL, **fields: Any) -> dict[str, Any]:
+def provider(base_url: object = LOCAL_URL, **fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"provider_type": "local-ollama", "base_url": base_url, "model": "llama3-a"}
     body.update(fields)
     return body

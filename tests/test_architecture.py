@@ -54,7 +54,7 @@ def module_source(name: str) -> ast.Module:
 
 
 def imported_roots(tree: ast.Module) -> set[str]:
-    roots = set()
+    roots: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
@@ -64,7 +64,7 @@ def imported_roots(tree: ast.Module) -> set[str]:
 
 
 def imported_package_modules(tree: ast.Module) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module:
             if node.module == "airgap_proxy":

@@ -36,14 +36,14 @@ OPENAI_REASON = policy.REASON_DENY_HOST.format(host="api.openai.com", why=policy
 
 
 @pytest.fixture(autouse=True)
-def clean_cli_env(monkeypatch):
+def clean_cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's or CI's LLM / proxy settings."""
     for name in list(os.environ):
         if name.startswith(ENV_PREFIXES):
             monkeypatch.delenv(name)
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
@@ -85,7 +85,7 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 
 
 @pytest.mark.parametrize("resolve", [pytest.param([], id="resolving"), pytest.param(["--no-resolve"], id="no-resolve")])
-def test_classify_all_local_exits_0(capsys, resolve):
+def test_classify_all_local_exits_0(capsys: pytest.CaptureFixture[str], resolve: list[str]) -> None:
     code, out, err = run(capsys, "classify", *resolve, *LOCAL_URLS)
     assert code == 0
     assert out.splitlines() == [line("local", url, reason) for url, reason in LOCAL_URLS.items()]
@@ -118,7 +118,9 @@ def test_classify_all_local_exits_0(capsys, resolve):
         pytest.param("not a url", "invalid", None, id="garbage"),
     ],
 )
-def test_classify_any_non_local_exits_1(capsys, url, verdict, reason):
+def test_classify_any_non_local_exits_1(
+    capsys: pytest.CaptureFixture[str], url: str, verdict: str, reason: str | None
+) -> None:
     code, out, _ = run(capsys, "classify", "--no-resolve", "http://127.0.0.1:11434/v1", url)
     assert code == 1
     first, second = out.splitlines()
@@ -129,14 +131,14 @@ def test_classify_any_non_local_exits_1(capsys, url, verdict, reason):
         assert second == line(verdict, url, reason)
 
 
-def test_classify_is_not_fooled_by_local_looking_names(capsys):
+def test_classify_is_not_fooled_by_local_looking_names(capsys: pytest.CaptureFixture[str]) -> None:
     urls = ["http://ollama.attacker.example/v1", "http://api.openai.com/ollama/v1"]
     code, out, _ = run(capsys, "classify", "--no-resolve", *urls)
     assert code == 1
     assert [text.split()[0] for text in out.splitlines()] == ["external", "external"]
 
 
-def test_classify_json_prints_one_object_per_line(capsys):
+def test_classify_json_prints_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
     urls = [*LOCAL_URLS, "https://api.openai.com/v1", "ftp://x/"]
     code, out, _ = run(capsys, "classify", "--no-resolve", "--json", *urls)
     assert code == 1
@@ -148,13 +150,13 @@ def test_classify_json_prints_one_object_per_line(capsys):
     assert all({"url", "verdict", "reason"} <= set(o) for o in objects)
 
 
-def test_classify_json_all_local_exits_0(capsys):
+def test_classify_json_all_local_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "classify", "--json", "http://127.0.0.1/")
     assert code == 0
     assert json.loads(out)["verdict"] == "local"
 
 
-def test_classify_without_urls_is_a_usage_error(capsys):
+def test_classify_without_urls_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["classify"])
     assert info.value.code == 2
@@ -163,7 +165,7 @@ def test_classify_without_urls_is_a_usage_error(capsys):
     assert "URL" in err
 
 
-def test_classify_takes_the_policy_from_config(capsys, tmp_path):
+def test_classify_takes_the_policy_from_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = write(tmp_path, "narrow.yaml", "version: 1\npolicy:\n  allow_networks: [10.0.0.0/8]\n")
     url = "http://192.168.1.5:8000/v1"
     assert run(capsys, "classify", url)[0] == 0
@@ -175,7 +177,7 @@ def test_classify_takes_the_policy_from_config(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["broken_bad_cidr.yaml", "broken_invalid_yaml_syntax.yaml"])
-def test_classify_with_a_broken_config_exits_2(capsys, name):
+def test_classify_with_a_broken_config_exits_2(capsys: pytest.CaptureFixture[str], name: str) -> None:
     path = str(DATA / name)
     code, out, err = run(capsys, "classify", "--config", path, "http://127.0.0.1/")
     assert code == 2
@@ -185,7 +187,7 @@ def test_classify_with_a_broken_config_exits_2(capsys, name):
     assert_one_config_error(err, str(info.value))
 
 
-def test_classify_with_a_missing_config_exits_2(capsys, tmp_path):
+def test_classify_with_a_missing_config_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.yaml")
     code, out, err = run(capsys, "classify", "--config", missing, "http://127.0.0.1/")
     assert code == 2
@@ -196,7 +198,7 @@ def test_classify_with_a_missing_config_exits_2(capsys, tmp_path):
 # --- check-config -----------------------------------------------------------
 
 
-def test_check_config_with_nothing_set_exits_0(capsys):
+def test_check_config_with_nothing_set_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "check-config")
     assert code == 0
     assert "airgapped: true" in out.splitlines()
@@ -205,7 +207,9 @@ def test_check_config_with_nothing_set_exits_0(capsys):
     assert err == "config OK; mode: air-gapped (enforcing)\n"
 
 
-def test_check_config_hosted_llm_base_url_air_gapped_exits_1(capsys, monkeypatch):
+def test_check_config_hosted_llm_base_url_air_gapped_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLM_BASE_URL", "https://api.openai.com/v1")
     code, out, err = run(capsys, "check-config")
     assert code == 1
@@ -213,7 +217,9 @@ def test_check_config_hosted_llm_base_url_air_gapped_exits_1(capsys, monkeypatch
     assert err == "config loads, but an upstream is not local; mode: air-gapped (enforcing)\n"
 
 
-def test_check_config_hosted_llm_base_url_report_only_exits_0(capsys, monkeypatch):
+def test_check_config_hosted_llm_base_url_report_only_exits_0(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLM_BASE_URL", "https://api.openai.com/v1")
     monkeypatch.setenv("AISOC_AIRGAPPED", "false")
     code, out, err = run(capsys, "check-config")
@@ -223,7 +229,7 @@ def test_check_config_hosted_llm_base_url_report_only_exits_0(capsys, monkeypatc
     assert err == "config OK; mode: report-only (NOT enforcing)\n"
 
 
-def test_check_config_json(capsys, monkeypatch):
+def test_check_config_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_BASE_URL", "https://api.openai.com/v1")
     code, out, _ = run(capsys, "check-config", "--json")
     assert code == 1
@@ -237,14 +243,16 @@ def test_check_config_json(capsys, monkeypatch):
     assert verdict["reason"] == OPENAI_REASON
 
 
-def test_check_config_local_llm_base_url_exits_0(capsys, monkeypatch):
+def test_check_config_local_llm_base_url_exits_0(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LLM_BASE_URL", "http://127.0.0.1:11434/v1")
     code, out, _ = run(capsys, "check-config", "--json")
     assert code == 0
     assert [v["verdict"] for v in json.loads(out)["verdicts"]] == ["local"]
 
 
-def test_check_config_with_a_local_config_file(capsys):
+def test_check_config_with_a_local_config_file(capsys: pytest.CaptureFixture[str]) -> None:
     path = str(DATA / "valid_full.yaml")
     code, out, _ = run(capsys, "check-config", "--json", "--config", path)
     assert code == 0
@@ -255,14 +263,18 @@ def test_check_config_with_a_local_config_file(capsys):
 
 
 @pytest.mark.parametrize(("airgapped", "expected"), [("true", 1), ("false", 0), ("", 1)])
-def test_check_config_with_an_external_upstream_in_the_file(capsys, monkeypatch, airgapped, expected):
+def test_check_config_with_an_external_upstream_in_the_file(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, airgapped: str, expected: int
+) -> None:
     monkeypatch.setenv("AISOC_AIRGAPPED", airgapped)
     code, out, _ = run(capsys, "check-config", "--config", str(DATA / "valid_external_upstream.yaml"))
     assert code == expected
     assert f"  openai: external - {OPENAI_REASON}" in out.splitlines()
 
 
-def test_check_config_reads_airgap_proxy_config(capsys, monkeypatch):
+def test_check_config_reads_airgap_proxy_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = str(DATA / "valid_full.yaml")
     monkeypatch.setenv("AIRGAP_PROXY_CONFIG", path)
     code, out, _ = run(capsys, "check-config", "--json")
@@ -270,14 +282,16 @@ def test_check_config_reads_airgap_proxy_config(capsys, monkeypatch):
     assert json.loads(out)["source"] == path
 
 
-def test_check_config_config_flag_wins_over_airgap_proxy_config(capsys, monkeypatch):
+def test_check_config_config_flag_wins_over_airgap_proxy_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIRGAP_PROXY_CONFIG", str(DATA / "broken_wrong_version.yaml"))
     code, _, _ = run(capsys, "check-config", "--config", str(DATA / "valid_empty.yaml"))
     assert code == 0
 
 
 @pytest.mark.parametrize("path", BROKEN_FILES, ids=lambda p: p.name)
-def test_check_config_broken_file_exits_2_with_one_line(capsys, path):
+def test_check_config_broken_file_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(path), {})
     code, out, err = run(capsys, "check-config", "--config", str(path))
@@ -286,7 +300,9 @@ def test_check_config_broken_file_exits_2_with_one_line(capsys, path):
     assert_one_config_error(err, str(info.value))
 
 
-def test_check_config_broken_file_from_airgap_proxy_config_exits_2(capsys, monkeypatch):
+def test_check_config_broken_file_from_airgap_proxy_config_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIRGAP_PROXY_CONFIG", str(DATA / "broken_wrong_version.yaml"))
     code, out, err = run(capsys, "check-config")
     assert code == 2
@@ -302,7 +318,9 @@ def test_check_config_broken_file_from_airgap_proxy_config_exits_2(capsys, monke
         ("LLM_BASE_URL", "ollama:11434", "LLM_BASE_URL: not a URL (did you mean http://ollama:11434?)"),
     ],
 )
-def test_check_config_bad_environment_exits_2(capsys, monkeypatch, name, value, expected):
+def test_check_config_bad_environment_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
     monkeypatch.setenv(name, value)
     code, out, err = run(capsys, "check-config")
     assert code == 2
@@ -321,7 +339,9 @@ SECRETS = {
 
 
 @pytest.mark.parametrize("as_json", [pytest.param([], id="text"), pytest.param(["--json"], id="json")])
-def test_check_config_never_prints_secrets(capsys, monkeypatch, tmp_path, as_json):
+def test_check_config_never_prints_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, as_json: list[str]
+) -> None:
     key_file = write(tmp_path, "key", SECRETS["file"] + "\n")
     config = write(
         tmp_path,
@@ -353,7 +373,9 @@ upstreams:
 
 
 @pytest.mark.parametrize("command", ["check-config", "serve"])
-def test_a_key_in_a_base_url_query_is_exit_2_and_never_printed(capsys, monkeypatch, tmp_path, command):
+def test_a_key_in_a_base_url_query_is_exit_2_and_never_printed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: str
+) -> None:
     key = "sk-QUERY-6d2a8f0c4e"
     config = write(
         tmp_path,
@@ -371,7 +393,9 @@ upstreams:
     assert "upstreams[0].base_url: http://127.0.0.1:8001/v1?*** has a query string or fragment" in err
 
 
-def test_check_config_short_admin_token_error_does_not_print_it(capsys, monkeypatch):
+def test_check_config_short_admin_token_error_does_not_print_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIRGAP_PROXY_ADMIN_TOKEN", "Sh0rt-Secret")
     code, out, err = run(capsys, "check-config")
     assert code == 2
@@ -382,14 +406,14 @@ def test_check_config_short_admin_token_error_does_not_print_it(capsys, monkeypa
 # --- the program ------------------------------------------------------------
 
 
-def test_version(capsys):
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out == f"airgap-proxy {__version__}\n"
 
 
-def test_no_command_prints_help_and_exits_2(capsys):
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys)
     assert code == 2
     assert out == ""
@@ -398,14 +422,14 @@ def test_no_command_prints_help_and_exits_2(capsys):
         assert command in err
 
 
-def test_unknown_command_is_a_usage_error(capsys):
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_console_script_points_at_main():
+def test_console_script_points_at_main() -> None:
     (script,) = entry_points(group="console_scripts", name="airgap-proxy")
     assert script.value == "airgap_proxy.cli:main"
     assert script.load() is main
@@ -414,7 +438,7 @@ def test_console_script_points_at_main():
 # --- real subprocesses --------------------------------------------------------
 
 
-def test_subprocess_classify_local_and_external():
+def test_subprocess_classify_local_and_external() -> None:
     local = run_subprocess("classify", "--no-resolve", *LOCAL_URLS)
     assert local.returncode == 0, local.stderr
     assert local.stdout.splitlines() == [line("local", url, reason) for url, reason in LOCAL_URLS.items()]
@@ -424,14 +448,14 @@ def test_subprocess_classify_local_and_external():
     assert verdicts == ["local", "external"]
 
 
-def test_subprocess_classify_without_urls_exits_2():
+def test_subprocess_classify_without_urls_exits_2() -> None:
     result = run_subprocess("classify")
     assert result.returncode == 2
     assert result.stdout == ""
     assert "usage: airgap-proxy classify" in result.stderr
 
 
-def test_subprocess_check_config_broken_file_exits_2_without_traceback():
+def test_subprocess_check_config_broken_file_exits_2_without_traceback() -> None:
     path = str(DATA / "broken_invalid_yaml_syntax.yaml")
     result = run_subprocess("check-config", "--config", path)
     assert result.returncode == 2
@@ -440,7 +464,7 @@ def test_subprocess_check_config_broken_file_exits_2_without_traceback():
     assert result.stderr.startswith(f"{PREFIX}{path}: invalid YAML at line 4")
 
 
-def test_subprocess_check_config_air_gapped_and_report_only():
+def test_subprocess_check_config_air_gapped_and_report_only() -> None:
     env = {"LLM_BASE_URL": "https://api.openai.com/v1", "LLM_API_KEY": SECRETS["LLM_API_KEY"]}
     enforcing = run_subprocess("check-config", env=env)
     assert enforcing.returncode == 1, enforcing.stderr
@@ -451,7 +475,7 @@ def test_subprocess_check_config_air_gapped_and_report_only():
         assert SECRETS["LLM_API_KEY"] not in result.stdout + result.stderr
 
 
-def test_subprocess_version():
+def test_subprocess_version() -> None:
     result = run_subprocess("--version")
     assert result.returncode == 0
     assert result.stdout == f"airgap-proxy {__version__}\n"

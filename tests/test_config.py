@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def no_files(path: str) -> str:
     raise FileNotFoundError(path)
 
 
-def fake_files(files: Mapping[str, str]):
+def fake_files(files: Mapping[str, str]) -> Callable[[str], str]:
     def read(path: str) -> str:
         if path not in files:
             raise FileNotFoundError(path)
@@ -50,11 +50,15 @@ def fake_files(files: Mapping[str, str]):
     return read
 
 
-def parse(raw: object = None, env: Mapping[str, str] | None = None, read_file=no_files) -> Config:
+def parse(
+    raw: object = None, env: Mapping[str, str] | None = None, read_file: Callable[[str], str] = no_files
+) -> Config:
     return parse_config(raw, env or {}, read_file)
 
 
-def parse_error(raw: object = None, env: Mapping[str, str] | None = None, read_file=no_files) -> ConfigError:
+def parse_error(
+    raw: object = None, env: Mapping[str, str] | None = None, read_file: Callable[[str], str] = no_files
+) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         parse(raw, env, read_file)
     return info.value
@@ -67,7 +71,7 @@ def upstream(**fields: Any) -> dict[str, Any]:
 # --- defaults ---------------------------------------------------------------
 
 
-def test_no_file_and_no_env_gives_the_documented_defaults():
+def test_no_file_and_no_env_gives_the_documented_defaults() -> None:
     config = parse_config(None, {}, no_files)
     assert config.airgapped is True
     assert (config.listen.host, config.listen.port) == ("127.0.0.1", 8080)
@@ -86,11 +90,11 @@ def test_no_file_and_no_env_gives_the_documented_defaults():
     assert [p.pattern for p in config.rules.allow_hosts] == ["localhost", "*.svc.cluster.local"]
 
 
-def test_empty_mapping_is_the_same_as_no_file():
+def test_empty_mapping_is_the_same_as_no_file() -> None:
     assert parse({}) == parse(None) == Config()
 
 
-def test_default_allow_networks_are_the_documented_list():
+def test_default_allow_networks_are_the_documented_list() -> None:
     expected = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
     assert [str(n) for n in parse().rules.allow_networks] == expected
 
@@ -104,19 +108,19 @@ def test_default_allow_networks_are_the_documented_list():
         pytest.param("100.64.0.0/10", id="carrier-grade NAT"),
     ],
 )
-def test_default_allow_networks_exclude_non_local_ranges(excluded):
+def test_default_allow_networks_exclude_non_local_ranges(excluded: str) -> None:
     excluded_net = ipaddress.ip_network(excluded)
     for network in parse().rules.allow_networks:
         assert network.version != excluded_net.version or not network.overlaps(excluded_net), network
 
 
-def test_default_deny_networks_are_the_builtin_metadata_addresses():
+def test_default_deny_networks_are_the_builtin_metadata_addresses() -> None:
     assert [str(n) for n in parse().rules.deny_networks] == [
         str(ipaddress.ip_network(n)) for n in policy.BUILTIN_DENY_NETWORKS
     ]
 
 
-def test_parse_config_does_not_read_the_process_environment(monkeypatch):
+def test_parse_config_does_not_read_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_BASE_URL", LOCAL_URL)
     monkeypatch.setenv("AISOC_AIRGAPPED", "false")
     monkeypatch.setenv("AIRGAP_PROXY_PORT", "9999")
@@ -126,7 +130,7 @@ def test_parse_config_does_not_read_the_process_environment(monkeypatch):
     assert config.listen.port == 8080
 
 
-def test_key_files_are_read_only_through_the_injected_reader():
+def test_key_files_are_read_only_through_the_injected_reader() -> None:
     # The path exists on disk; the fake reader's answer must win.
     path = str(Path(__file__))
     config = parse({"upstreams": [upstream(api_key_file=path)]}, read_file=fake_files({path: "fake-key\n"}))
@@ -153,23 +157,23 @@ def test_key_files_are_read_only_through_the_injected_reader():
         pytest.param("  ", False, False, id="blank keeps the file's false"),
     ],
 )
-def test_aisoc_airgapped_overrides_the_file(value, in_file, expected):
+def test_aisoc_airgapped_overrides_the_file(value: str, in_file: bool, expected: bool) -> None:
     assert parse({"airgapped": in_file}, {"AISOC_AIRGAPPED": value}).airgapped is expected
 
 
-def test_aisoc_airgapped_empty_without_file_fails_closed():
+def test_aisoc_airgapped_empty_without_file_fails_closed() -> None:
     assert parse(None, {"AISOC_AIRGAPPED": ""}).airgapped is True
 
 
 @pytest.mark.parametrize("value", ["maybe", "2", "enabled", "tru"])
-def test_aisoc_airgapped_invalid_value_is_an_error_naming_the_variable(value):
+def test_aisoc_airgapped_invalid_value_is_an_error_naming_the_variable(value: str) -> None:
     error = parse_error(None, {"AISOC_AIRGAPPED": value})
     assert error.path == "AISOC_AIRGAPPED"
     assert repr(value) in error.message
     assert str(error).startswith("AISOC_AIRGAPPED: ")
 
 
-def test_llm_base_url_creates_an_upstream_named_default():
+def test_llm_base_url_creates_an_upstream_named_default() -> None:
     config = parse(None, {"LLM_BASE_URL": LOCAL_URL})
     (default,) = config.upstreams
     assert default.name == "default"
@@ -182,42 +186,42 @@ def test_llm_base_url_creates_an_upstream_named_default():
     assert (default.models, default.aliases, default.priority) == ((), (), 0)
 
 
-def test_llm_base_url_blank_adds_no_upstream():
+def test_llm_base_url_blank_adds_no_upstream() -> None:
     assert parse(None, {"LLM_BASE_URL": "  "}).upstreams == ()
 
 
-def test_llm_base_url_goes_first_with_the_lowest_priority():
+def test_llm_base_url_goes_first_with_the_lowest_priority() -> None:
     raw = {"upstreams": [upstream(name="a", priority=5), upstream(name="b", priority=3)]}
     config = parse(raw, {"LLM_BASE_URL": LOCAL_URL})
     assert [u.name for u in config.upstreams] == ["default", "a", "b"]
     assert config.upstreams[0].priority == 3
 
 
-def test_llm_base_url_that_is_not_a_url_is_an_error():
+def test_llm_base_url_that_is_not_a_url_is_an_error() -> None:
     error = parse_error(None, {"LLM_BASE_URL": "ollama:11434/v1"})
     assert error.path == "LLM_BASE_URL"
     assert error.message == "not a URL (did you mean http://ollama:11434/v1?)"
 
 
-def test_llm_base_url_the_policy_rejects_loads_as_an_invalid_target():
+def test_llm_base_url_the_policy_rejects_loads_as_an_invalid_target() -> None:
     (default,) = parse(None, {"LLM_BASE_URL": "ftp://127.0.0.1/v1"}).upstreams
     assert default.target is None
     assert default.target_error is not None
     assert "ftp" in default.target_error
 
 
-def test_llm_api_key_is_sent_to_the_default_upstream():
+def test_llm_api_key_is_sent_to_the_default_upstream() -> None:
     (default,) = parse(None, {"LLM_BASE_URL": LOCAL_URL, "LLM_API_KEY": "sk-local"}).upstreams
     assert default.api_key == "sk-local"
     assert default.api_key_source == "env LLM_API_KEY"
 
 
-def test_llm_api_key_empty_means_no_key():
+def test_llm_api_key_empty_means_no_key() -> None:
     (default,) = parse(None, {"LLM_BASE_URL": LOCAL_URL, "LLM_API_KEY": ""}).upstreams
     assert default.api_key is None
 
 
-def test_llm_api_key_without_base_url_creates_no_upstream():
+def test_llm_api_key_without_base_url_creates_no_upstream() -> None:
     assert parse(None, {"LLM_API_KEY": "sk-local"}).upstreams == ()
 
 
@@ -229,39 +233,39 @@ def test_llm_api_key_without_base_url_creates_no_upstream():
         pytest.param("", "llama3", id="empty keeps the file's"),
     ],
 )
-def test_llm_model_overrides_default_model(value, expected):
+def test_llm_model_overrides_default_model(value: str, expected: str) -> None:
     assert parse({"default_model": "llama3"}, {"LLM_MODEL": value}).default_model == expected
 
 
-def test_llm_model_without_file():
+def test_llm_model_without_file() -> None:
     assert parse(None, {"LLM_MODEL": "llama3"}).default_model == "llama3"
 
 
 @pytest.mark.parametrize("value", [p.value for p in ProviderType])
-def test_llm_provider_type_sets_the_default_upstream_type(value):
+def test_llm_provider_type_sets_the_default_upstream_type(value: str) -> None:
     (default,) = parse(None, {"LLM_BASE_URL": LOCAL_URL, "LLM_PROVIDER_TYPE": value}).upstreams
     assert default.provider_type is ProviderType(value)
 
 
-def test_hosted_provider_types_are_flagged():
+def test_hosted_provider_types_are_flagged() -> None:
     assert ProviderType.OPENAI.is_hosted
     assert not ProviderType.LOCAL_OLLAMA.is_hosted
 
 
-def test_llm_provider_type_unknown_is_an_error():
+def test_llm_provider_type_unknown_is_an_error() -> None:
     error = parse_error(None, {"LLM_BASE_URL": LOCAL_URL, "LLM_PROVIDER_TYPE": "ollama"})
     assert error.path == "LLM_PROVIDER_TYPE"
     assert "unknown provider type 'ollama'" in error.message
     assert "local-ollama" in error.message
 
 
-def test_listen_host_and_port_from_env_override_the_file():
+def test_listen_host_and_port_from_env_override_the_file() -> None:
     raw = {"listen": {"host": "10.0.0.1", "port": 9000}}
     config = parse(raw, {"AIRGAP_PROXY_HOST": "0.0.0.0", "AIRGAP_PROXY_PORT": " 8443 "})
     assert (config.listen.host, config.listen.port) == ("0.0.0.0", 8443)
 
 
-def test_listen_from_the_file():
+def test_listen_from_the_file() -> None:
     config = parse({"listen": {"host": "0.0.0.0", "port": 9000}})
     assert (config.listen.host, config.listen.port) == ("0.0.0.0", 9000)
 
@@ -279,33 +283,33 @@ def test_listen_from_the_file():
         pytest.param("٣", id="non-ASCII digit"),
     ],
 )
-def test_airgap_proxy_port_invalid_is_an_error_naming_the_variable(value):
+def test_airgap_proxy_port_invalid_is_an_error_naming_the_variable(value: str) -> None:
     error = parse_error(None, {"AIRGAP_PROXY_PORT": value})
     assert error.path == "AIRGAP_PROXY_PORT"
     assert "expected a port number 0-65535" in error.message
 
 
-def test_admin_token_from_env_enables_the_admin_api():
+def test_admin_token_from_env_enables_the_admin_api() -> None:
     token = "admin-token-0123456789"
     config = parse(None, {"AIRGAP_PROXY_ADMIN_TOKEN": token})
     assert config.admin.token == token
     assert config.redacted()["admin"] == {"enabled": True, "token": REDACTED}
 
 
-def test_admin_token_empty_leaves_the_admin_api_off():
+def test_admin_token_empty_leaves_the_admin_api_off() -> None:
     config = parse(None, {"AIRGAP_PROXY_ADMIN_TOKEN": ""})
     assert config.admin.token is None
     assert config.redacted()["admin"] == {"enabled": False, "token": None}
 
 
-def test_admin_token_shorter_than_16_characters_is_an_error():
+def test_admin_token_shorter_than_16_characters_is_an_error() -> None:
     error = parse_error(None, {"AIRGAP_PROXY_ADMIN_TOKEN": "short-Tok3n"})
     assert error.path == "AIRGAP_PROXY_ADMIN_TOKEN"
     assert "at least 16 characters" in error.message
     assert "short-Tok3n" not in str(error)
 
 
-def test_admin_token_env_names_another_variable():
+def test_admin_token_env_names_another_variable() -> None:
     token = "custom-admin-token-0123"
     env = {"MY_ADMIN_TOKEN": token, "AIRGAP_PROXY_ADMIN_TOKEN": "ignored-admin-token-0123"}
     config = parse({"admin": {"token_env": "MY_ADMIN_TOKEN"}}, env)
@@ -313,53 +317,53 @@ def test_admin_token_env_names_another_variable():
     assert config.admin.token_env == "MY_ADMIN_TOKEN"
 
 
-def test_admin_token_file_is_read_when_the_variable_is_unset():
+def test_admin_token_file_is_read_when_the_variable_is_unset() -> None:
     files = fake_files({"/run/secrets/admin": "file-admin-token-0123\n"})
     config = parse({"admin": {"token_file": "/run/secrets/admin"}}, {}, files)
     assert config.admin.token == "file-admin-token-0123"
 
 
-def test_admin_token_variable_wins_over_the_file():
+def test_admin_token_variable_wins_over_the_file() -> None:
     files = fake_files({"/run/secrets/admin": "file-admin-token-0123"})
     env = {"AIRGAP_PROXY_ADMIN_TOKEN": "env-admin-token-01234"}
     assert parse({"admin": {"token_file": "/run/secrets/admin"}}, env, files).admin.token == "env-admin-token-01234"
 
 
-def test_admin_token_file_missing_is_an_error():
+def test_admin_token_file_missing_is_an_error() -> None:
     error = parse_error({"admin": {"token_file": "/run/secrets/admin"}})
     assert error.path == "admin.token_file"
     assert error.message == "file '/run/secrets/admin' does not exist"
 
 
-def test_admin_token_file_too_short_names_the_file_key():
+def test_admin_token_file_too_short_names_the_file_key() -> None:
     files = fake_files({"/run/secrets/admin": "short"})
     error = parse_error({"admin": {"token_file": "/run/secrets/admin"}}, {}, files)
     assert error.path == "admin.token_file"
 
 
-def test_secret_key_from_env():
+def test_secret_key_from_env() -> None:
     assert parse(None, {"AIRGAP_PROXY_SECRET_KEY": "k" * 32}).secret_key == "k" * 32
     assert parse(None, {"AIRGAP_PROXY_SECRET_KEY": ""}).secret_key is None
 
 
-def test_airgap_proxy_config_names_the_file_load_config_reads():
+def test_airgap_proxy_config_names_the_file_load_config_reads() -> None:
     path = str(DATA / "valid_full.yaml")
     config = load_config(None, {"AIRGAP_PROXY_CONFIG": path})
     assert config.source == path
     assert config.listen.port == 9090
 
 
-def test_explicit_path_wins_over_airgap_proxy_config():
+def test_explicit_path_wins_over_airgap_proxy_config() -> None:
     explicit = str(DATA / "valid_empty.yaml")
     config = load_config(explicit, {"AIRGAP_PROXY_CONFIG": str(DATA / "broken_wrong_version.yaml")})
     assert config.source == explicit
 
 
-def test_airgap_proxy_config_empty_means_no_file():
+def test_airgap_proxy_config_empty_means_no_file() -> None:
     assert load_config(None, {"AIRGAP_PROXY_CONFIG": ""}) == Config()
 
 
-def test_airgap_proxy_config_missing_file_is_an_error(tmp_path):
+def test_airgap_proxy_config_missing_file_is_an_error(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError) as info:
         load_config(None, {"AIRGAP_PROXY_CONFIG": missing})
@@ -367,7 +371,7 @@ def test_airgap_proxy_config_missing_file_is_an_error(tmp_path):
     assert missing in info.value.message
 
 
-def test_env_applies_on_top_of_a_loaded_file():
+def test_env_applies_on_top_of_a_loaded_file() -> None:
     env = {"AISOC_AIRGAPPED": "true", "AIRGAP_PROXY_PORT": "1234", "LLM_MODEL": "m"}
     config = load_config(str(DATA / "valid_full.yaml"), env)
     assert (config.airgapped, config.listen.port, config.default_model) == (True, 1234, "m")
@@ -395,7 +399,7 @@ FILE_DEFAULT = {
 }
 
 
-def test_llm_base_url_replaces_the_url_of_a_file_upstream_named_default():
+def test_llm_base_url_replaces_the_url_of_a_file_upstream_named_default() -> None:
     config = parse(FILE_DEFAULT, {"LLM_BASE_URL": LOCAL_URL})
     assert [u.name for u in config.upstreams] == ["default", "other"]
     default = config.upstreams[0]
@@ -411,7 +415,7 @@ def test_llm_base_url_replaces_the_url_of_a_file_upstream_named_default():
     assert default.priority == 5
 
 
-def test_llm_api_key_and_provider_type_replace_the_file_default_upstreams():
+def test_llm_api_key_and_provider_type_replace_the_file_default_upstreams() -> None:
     env = {"LLM_BASE_URL": LOCAL_URL, "LLM_API_KEY": "env-key", "LLM_PROVIDER_TYPE": "local-ollama"}
     default = parse(FILE_DEFAULT, env).upstreams[0]
     assert default.api_key == "env-key"
@@ -419,13 +423,13 @@ def test_llm_api_key_and_provider_type_replace_the_file_default_upstreams():
     assert default.provider_type is ProviderType.LOCAL_OLLAMA
 
 
-def test_empty_llm_provider_type_keeps_the_file_default_upstreams_type():
+def test_empty_llm_provider_type_keeps_the_file_default_upstreams_type() -> None:
     # An empty variable means unset, as for every other variable.
     default = parse(FILE_DEFAULT, {"LLM_BASE_URL": LOCAL_URL, "LLM_PROVIDER_TYPE": ""}).upstreams[0]
     assert default.provider_type is ProviderType.LOCAL_VLLM
 
 
-def test_file_default_upstream_is_untouched_without_llm_base_url():
+def test_file_default_upstream_is_untouched_without_llm_base_url() -> None:
     config = parse(FILE_DEFAULT, {"LLM_API_KEY": "env-key"})
     assert [u.name for u in config.upstreams] == ["other", "default"]
     assert config.upstreams[1].api_key == "file-key"
@@ -434,28 +438,28 @@ def test_file_default_upstream_is_untouched_without_llm_base_url():
 # --- upstream keys ----------------------------------------------------------
 
 
-def test_api_key_inline():
+def test_api_key_inline() -> None:
     (up,) = parse({"upstreams": [upstream(api_key="sk-inline")]}).upstreams
     assert (up.api_key, up.api_key_source) == ("sk-inline", "inline")
 
 
-def test_api_key_env_set():
+def test_api_key_env_set() -> None:
     (up,) = parse({"upstreams": [upstream(api_key_env="OLLAMA_KEY")]}, {"OLLAMA_KEY": "sk-env"}).upstreams
     assert (up.api_key, up.api_key_source) == ("sk-env", "env OLLAMA_KEY")
 
 
-def test_api_key_env_unset_means_no_key():
+def test_api_key_env_unset_means_no_key() -> None:
     (up,) = parse({"upstreams": [upstream(api_key_env="OLLAMA_KEY")]}).upstreams
     assert (up.api_key, up.api_key_source) == (None, "env OLLAMA_KEY (not set)")
 
 
-def test_api_key_file_is_read_and_stripped():
+def test_api_key_file_is_read_and_stripped() -> None:
     files = fake_files({"/run/secrets/key": "sk-file\n"})
     (up,) = parse({"upstreams": [upstream(api_key_file="/run/secrets/key")]}, {}, files).upstreams
     assert (up.api_key, up.api_key_source) == ("sk-file", "file /run/secrets/key")
 
 
-def test_api_key_file_empty_means_no_key():
+def test_api_key_file_empty_means_no_key() -> None:
     files = fake_files({"/run/secrets/key": "\n"})
     (up,) = parse({"upstreams": [upstream(api_key_file="/run/secrets/key")]}, {}, files).upstreams
     assert up.api_key is None
@@ -470,20 +474,20 @@ def test_api_key_file_empty_means_no_key():
         pytest.param({"api_key": "k", "api_key_env": "E", "api_key_file": "/f"}, "upstreams[0].api_key_env", id="all"),
     ],
 )
-def test_two_key_sources_at_once_is_an_error(keys, path):
+def test_two_key_sources_at_once_is_an_error(keys: dict[str, str], path: str) -> None:
     error = parse_error({"upstreams": [upstream(**keys)]}, {"E": "x"}, fake_files({"/f": "x"}))
     assert error.path == path
     assert error.message == "give only one of api_key, api_key_env, api_key_file"
 
 
-def test_api_key_file_missing_is_an_error_naming_the_key_path():
+def test_api_key_file_missing_is_an_error_naming_the_key_path() -> None:
     raw = {"upstreams": [upstream(), upstream(name="vllm", api_key_file="/run/secrets/key")]}
     error = parse_error(raw)
     assert error.path == "upstreams[1].api_key_file"
     assert error.message == "file '/run/secrets/key' does not exist"
 
 
-def test_api_key_file_unreadable_is_an_error():
+def test_api_key_file_unreadable_is_an_error() -> None:
     def denied(path: str) -> str:
         raise PermissionError(path)
 
@@ -492,7 +496,7 @@ def test_api_key_file_unreadable_is_an_error():
     assert error.message == "cannot read file '/run/secrets/key': PermissionError"
 
 
-def test_upstream_fields_from_the_file():
+def test_upstream_fields_from_the_file() -> None:
     raw = {
         "upstreams": [
             upstream(provider_type="local-llamacpp", models=["a", "b*"], aliases={"x": "a"}, priority=-1),
@@ -503,18 +507,18 @@ def test_upstream_fields_from_the_file():
     assert (up.models, up.aliases, up.priority) == (("a", "b*"), (("x", "a"),), -1)
 
 
-def test_upstream_provider_type_defaults_to_openai_compatible():
+def test_upstream_provider_type_defaults_to_openai_compatible() -> None:
     assert parse({"upstreams": [upstream()]}).upstreams[0].provider_type is ProviderType.LOCAL_OPENAI_COMPATIBLE
 
 
-def test_upstream_base_url_the_policy_rejects_loads_with_its_reason():
+def test_upstream_base_url_the_policy_rejects_loads_with_its_reason() -> None:
     (up,) = parse({"upstreams": [upstream(base_url="http://user@127.0.0.1/v1")]}).upstreams
     assert up.target is None
     assert up.target_error is not None
     assert "userinfo" in up.target_error
 
 
-def test_errors_in_later_upstreams_name_their_index():
+def test_errors_in_later_upstreams_name_their_index() -> None:
     raw = {"upstreams": [upstream(), upstream(name="b", priority="high")]}
     error = parse_error(raw)
     assert (error.path, error.message) == ("upstreams[1].priority", "expected an integer, got a string")
@@ -523,17 +527,17 @@ def test_errors_in_later_upstreams_name_their_index():
 # --- policy -----------------------------------------------------------------
 
 
-def test_deny_networks_are_added_to_the_builtin_list():
+def test_deny_networks_are_added_to_the_builtin_list() -> None:
     rules = parse({"policy": {"deny_networks": ["192.168.1.0/24", "fd00:ec2::254/128"]}}).rules
     builtin = [ipaddress.ip_network(n) for n in policy.BUILTIN_DENY_NETWORKS]
     assert list(rules.deny_networks) == [*builtin, ipaddress.ip_network("192.168.1.0/24")]
 
 
-def test_empty_deny_networks_keeps_the_builtin_list():
+def test_empty_deny_networks_keeps_the_builtin_list() -> None:
     assert parse({"policy": {"deny_networks": []}}).rules.deny_networks == parse().rules.deny_networks
 
 
-def test_metadata_stays_denied_when_link_local_is_allowed():
+def test_metadata_stays_denied_when_link_local_is_allowed() -> None:
     rules = parse({"policy": {"allow_networks": ["169.254.0.0/16"], "deny_networks": []}}).rules
     decision = policy.classify("http://169.254.169.254/latest/meta-data", rules)
     assert decision.verdict is policy.Verdict.EXTERNAL
@@ -541,7 +545,7 @@ def test_metadata_stays_denied_when_link_local_is_allowed():
     assert policy.classify("http://169.254.1.1/", rules).is_local
 
 
-def test_allow_networks_replace_the_defaults():
+def test_allow_networks_replace_the_defaults() -> None:
     rules = parse({"policy": {"allow_networks": ["10.0.0.0/8", "FD00::/8"]}}).rules
     assert rules.allow_networks == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 
@@ -563,19 +567,19 @@ def test_allow_networks_replace_the_defaults():
         pytest.param([7], 0, "expected a host name, got an integer", id="not a string"),
     ],
 )
-def test_allow_hosts_validation(hosts, index, fragment):
+def test_allow_hosts_validation(hosts: list[object], index: int, fragment: str) -> None:
     error = parse_error({"policy": {"allow_hosts": hosts}})
     assert error.path == f"policy.allow_hosts[{index}]"
     assert fragment in error.message
 
 
-def test_allow_host_on_the_configured_deny_hosts_is_an_error():
+def test_allow_host_on_the_configured_deny_hosts_is_an_error() -> None:
     error = parse_error({"policy": {"allow_hosts": ["llm.corp.example"], "deny_hosts": ["llm.corp.example"]}})
     assert error.path == "policy.allow_hosts[0]"
     assert "deny list" in error.message
 
 
-def test_host_patterns_are_normalised():
+def test_host_patterns_are_normalised() -> None:
     rules = parse(
         {"policy": {"allow_hosts": ["Models.Corp.Example.", "*.LLM.internal"], "deny_hosts": ["Bad.Ex"]}}
     ).rules
@@ -667,7 +671,7 @@ def test_host_patterns_are_normalised():
         ),
     ],
 )
-def test_shape_errors(raw, path, message):
+def test_shape_errors(raw: object, path: str, message: str) -> None:
     error = parse_error(raw)
     assert error.path == path
     assert message in error.message
@@ -706,7 +710,7 @@ def secret_config() -> Config:
     return parse(raw, env, fake_files({"/run/secrets/key": SECRETS["file"] + "\n"}))
 
 
-def test_secret_fixture_really_holds_the_secrets():
+def test_secret_fixture_really_holds_the_secrets() -> None:
     config = secret_config()
     keys = {u.name: u.api_key for u in config.upstreams}
     assert keys == {
@@ -721,18 +725,18 @@ def test_secret_fixture_really_holds_the_secrets():
 
 
 @pytest.mark.parametrize("name", sorted(SECRETS))
-def test_secrets_never_appear_in_repr(name):
+def test_secrets_never_appear_in_repr(name: str) -> None:
     config = secret_config()
     for text in (repr(config), str(config), *(repr(u) for u in config.upstreams), repr(config.admin)):
         assert SECRETS[name] not in text
 
 
 @pytest.mark.parametrize("name", sorted(SECRETS))
-def test_secrets_never_appear_in_redacted(name):
+def test_secrets_never_appear_in_redacted(name: str) -> None:
     assert SECRETS[name] not in json.dumps(secret_config().redacted())
 
 
-def test_redacted_marks_what_is_set():
+def test_redacted_marks_what_is_set() -> None:
     report = secret_config().redacted()
     assert [u["api_key"] for u in report["upstreams"]] == [REDACTED, REDACTED, REDACTED, REDACTED, None]
     assert report["admin"] == {"enabled": True, "token": REDACTED}
@@ -741,7 +745,7 @@ def test_redacted_marks_what_is_set():
     assert report["upstreams"][-1]["base_url"] == "http://***@127.0.0.1:8000/v1"
 
 
-def test_password_in_llm_base_url_is_masked():
+def test_password_in_llm_base_url_is_masked() -> None:
     url = f"http://user:{SECRETS['userinfo']}@127.0.0.1:8000/v1"
     config = parse(None, {"LLM_BASE_URL": url})
     assert config.upstreams[0].target is None
@@ -749,7 +753,7 @@ def test_password_in_llm_base_url_is_masked():
     assert SECRETS["userinfo"] not in json.dumps(config.redacted())
 
 
-def test_password_in_a_base_url_without_scheme_is_masked_in_the_error():
+def test_password_in_a_base_url_without_scheme_is_masked_in_the_error() -> None:
     error = parse_error({"upstreams": [upstream(base_url=f"user:{SECRETS['userinfo']}@ollama:11434")]})
     assert SECRETS["userinfo"] not in str(error)
     assert error.message == "not a URL (did you mean http://***@ollama:11434?)"
@@ -785,7 +789,7 @@ def test_a_query_or_fragment_in_base_url_is_refused_at_load_and_masked(url: str,
         assert "api_key" in error.message
 
 
-def test_redacted_is_plain_json_data():
+def test_redacted_is_plain_json_data() -> None:
     report = parse({"upstreams": [upstream()]}, {"AIRGAP_PROXY_ADMIN_TOKEN": "x" * 16}).redacted()
     assert json.loads(json.dumps(report)) == report
     assert report["upstreams"][0]["base_url"] == LOCAL_URL
@@ -841,7 +845,7 @@ BROKEN = [
 
 
 @pytest.mark.parametrize(("name", "path", "fragment"), [pytest.param(*row, id=row[0]) for row in BROKEN])
-def test_broken_file_gives_one_precise_error(name, path, fragment):
+def test_broken_file_gives_one_precise_error(name: str, path: str | None, fragment: str) -> None:
     file = str(DATA / name)
     with pytest.raises(ConfigError) as info:
         load_config(file, {})
@@ -852,27 +856,27 @@ def test_broken_file_gives_one_precise_error(name, path, fragment):
     assert "\n" not in str(error)
 
 
-def test_every_broken_file_is_in_the_table():
+def test_every_broken_file_is_in_the_table() -> None:
     on_disk = sorted(p.name for p in DATA.glob("broken_*.yaml"))
     assert on_disk == sorted(row[0] for row in BROKEN)
     assert len(on_disk) >= 15
 
 
-def test_every_broken_file_states_its_one_mistake():
+def test_every_broken_file_states_its_one_mistake() -> None:
     for path in DATA.glob("broken_*.yaml"):
         assert path.read_text(encoding="utf-8").startswith("# Mistake: "), path.name
 
 
 @pytest.mark.parametrize("path", sorted(DATA.glob("valid_*.yaml")), ids=lambda p: p.name)
-def test_valid_files_load_with_an_empty_env(path):
+def test_valid_files_load_with_an_empty_env(path: Path) -> None:
     assert load_config(str(path), {}).source == str(path)
 
 
-def test_valid_empty_file_gives_the_defaults():
+def test_valid_empty_file_gives_the_defaults() -> None:
     assert load_config(str(DATA / "valid_empty.yaml"), {}) == Config(source=str(DATA / "valid_empty.yaml"))
 
 
-def test_valid_full_file_sets_every_key():
+def test_valid_full_file_sets_every_key() -> None:
     env = {"VALID_FULL_KEY_VAR": "sk-ollama", "VALID_FULL_ADMIN_VAR": "full-admin-token-0123"}
     config = load_config(str(DATA / "valid_full.yaml"), env)
     assert (config.listen.host, config.listen.port) == ("0.0.0.0", 9090)
@@ -917,7 +921,7 @@ def known_keys(raw: object) -> set[str]:
 SECTIONS = ["listen", "policy", "health", "fallback", "tenants", "admin", "limits", "timeouts", "logging"]
 
 
-def test_example_config_loads_with_an_empty_env():
+def test_example_config_loads_with_an_empty_env() -> None:
     config = load_config(str(EXAMPLE), {})
     assert config.airgapped is True
     assert [u.name for u in config.upstreams] == ["ollama", "vllm"]
@@ -927,19 +931,19 @@ def test_example_config_loads_with_an_empty_env():
     assert config.admin.token is None
 
 
-def test_example_config_reads_llm_api_key():
+def test_example_config_reads_llm_api_key() -> None:
     config = load_config(str(EXAMPLE), {"LLM_API_KEY": "sk-example"})
     assert config.upstreams[0].api_key == "sk-example"
 
 
-def test_example_config_has_every_top_level_key():
+def test_example_config_has_every_top_level_key() -> None:
     raw = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     top_level = known_keys({"zz_unknown": 1})
     assert {"version", "listen", "airgapped", "policy", "upstreams", "default_model", "tenants"} <= top_level
     assert set(raw) == top_level
 
 
-def test_example_config_documents_every_nested_key():
+def test_example_config_documents_every_nested_key() -> None:
     """Each key is set, or shown commented out (``# key: ...``) with its explanation."""
     text = EXAMPLE.read_text(encoding="utf-8")
     raw = yaml.safe_load(text)
@@ -983,7 +987,7 @@ _ENV_NAMES = [
 ]
 
 
-def _section(keys: list[str]):
+def _section(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     return st.dictionaries(st.sampled_from(keys), _value, max_size=len(keys))
 
 
@@ -1004,7 +1008,7 @@ _raw_config = st.fixed_dictionaries(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=_raw_config, env=st.dictionaries(st.sampled_from(_ENV_NAMES), st.text(max_size=24)))
-def test_any_input_gives_a_config_or_a_config_error(raw, env):
+def test_any_input_gives_a_config_or_a_config_error(raw: dict[str, Any], env: dict[str, str]) -> None:
     try:
         config = parse_config(raw, env, fake_files({"/run/secrets/key": "sk-file"}))
     except ConfigError as exc:

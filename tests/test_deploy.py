@@ -41,7 +41,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 import airgap_proxy
-from airgap_proxy import cli, config, policy
+from airgap_proxy import cli, config, policy, targets
 from airgap_proxy.app import create_app
 from airgap_proxy.server import SHUTDOWN_GRACE_S
 
@@ -681,7 +681,7 @@ def compose_resolver(project: Project) -> policy.Resolve:
     """Docker's embedded DNS: service names resolve to addresses of their networks."""
     names = sorted(project.services)
 
-    def resolve(host: str) -> list[policy.IPAddress]:
+    def resolve(host: str) -> list[targets.IPAddress]:
         if host not in names:
             raise policy.ResolutionError(host)
         return [ipaddress.ip_address(f"172.20.0.{names.index(host) + 2}")]

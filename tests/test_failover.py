@@ -49,7 +49,7 @@ async def test_failover_to_backup_then_fallback_then_back(aiohttp_server: Any, a
         resp = await client.post("/v1/chat/completions", json=CHAT)
         assert resp.status == 200, await resp.text()
         await resp.read()
-        return resp.headers["X-Airgap-Upstream"]
+        return str(resp.headers["X-Airgap-Upstream"])
 
     assert [await served_by() for _ in range(3)] == ["a", "a", "a"]
 
@@ -160,7 +160,7 @@ def black_hole() -> Iterator[BlackHole]:
 
 
 def black_hole_config(hole: BlackHole, backup: str | None, **health: Any) -> Any:
-    upstreams = [{"name": "primary", "base_url": f"http://127.0.0.1:{hole.port}/v1"}]
+    upstreams: list[dict[str, Any]] = [{"name": "primary", "base_url": f"http://127.0.0.1:{hole.port}/v1"}]
     if backup is not None:
         upstreams.append({"name": "backup", "base_url": backup, "priority": 1})
     return make_config(

@@ -11,12 +11,13 @@ import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openai.types.chat import ChatCompletionFunctionToolParam
 
 from tests.conftest import ThreadedServers, make_config
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Summarise the incident"}]
 
-WEATHER_TOOL: dict[str, Any] = {
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -103,7 +104,7 @@ def test_chat_text_is_marked_and_deterministic(sdk: openai.OpenAI) -> None:
 
 
 def test_identical_bytes_across_a_restart(threaded: ThreadedServers) -> None:
-    body = {"model": "m", "messages": MESSAGES, "response_format": {"type": "json_object"}}
+    body: dict[str, Any] = {"model": "m", "messages": MESSAGES, "response_format": {"type": "json_object"}}
     contents = []
     for _ in range(2):  # two separate proxy instances stand for a restart
         base = threaded.start_proxy(make_config())
@@ -209,7 +210,7 @@ def test_legacy_completion_and_models(sdk: openai.OpenAI) -> None:
     assert [m.id for m in sdk.models.list()] == ["llama3.2:3b-instruct-q4_K_M"]
 
 
-_simple = st.deferred(
+_simple: st.SearchStrategy[dict[str, Any]] = st.deferred(
     lambda: st.one_of(
         st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "number", "boolean", "null"])}),
         st.fixed_dictionaries(

@@ -29,7 +29,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -579,7 +579,7 @@ SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthChe
 
 
 def assert_no_internal_error(
-    status: int | None, logs: list[dict[str, Any]], records: ErrorRecords, sent: bytes
+    status: int | None, logs: Sequence[MutableMapping[str, Any]], records: ErrorRecords, sent: bytes
 ) -> None:
     assert status != 500, sent[:2000]
     internal = [e for e in logs if e.get("event") == "internal_error" or e.get("log_level") in ("error", "critical")]

@@ -246,7 +246,7 @@ class Lines:
         self.stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
 
     def events(self) -> list[dict[str, Any]]:
-        raw: bytes = self.stream.buffer.getvalue()  # type: ignore[attr-defined]
+        raw: bytes = self.stream.buffer.getvalue()
         for secret in SECRETS:
             assert secret not in raw, raw
         return [json.loads(line) for line in raw.splitlines() if line.strip()]

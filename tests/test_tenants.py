@@ -155,7 +155,7 @@ def test_seal_open_round_trip(plaintext: str, tenant: str, url: str) -> None:
 
 
 def body(**fields: Any) -> bytes:
-    data = {"provider_type": "local-vllm", "base_url": "http://127.0.0.1:8000/v1", "model": "m"}
+    data: dict[str, Any] = {"provider_type": "local-vllm", "base_url": "http://127.0.0.1:8000/v1", "model": "m"}
     data.update(fields)
     return json.dumps({k: v for k, v in data.items() if v is not ...}).encode()
 
@@ -388,7 +388,7 @@ def test_secret_key_errors(raw: Any, env: dict[str, str], path: str, message: st
 
 
 def client(**fields: Any) -> dict[str, Any]:
-    entry = {"name": "agents", "key_hash": "ab" * 32, "tenant": "team-a"}
+    entry: dict[str, Any] = {"name": "agents", "key_hash": "ab" * 32, "tenant": "team-a"}
     entry.update(fields)
     return {k: v for k, v in entry.items() if v is not ...}
 

@@ -88,8 +88,8 @@ async def test_plaintext_key_is_in_no_file_log_or_response(aiohttp_client: Any, 
         for tenant, key in (("team-a", KEY_A), ("team-b", KEY_B)):
             resp = await put(client, tenant, provider(url, api_key=key), verify=True)
             responses.append(await resp.read())
-        for path in ("/api/v1/tenants", "/api/v1/tenants/team-a/llm-provider", "/api/v1/llm/status?tenant=team-a"):
-            responses.append(await (await client.get(path, headers=ADMIN)).read())
+        for endpoint in ("/api/v1/tenants", "/api/v1/tenants/team-a/llm-provider", "/api/v1/llm/status?tenant=team-a"):
+            responses.append(await (await client.get(endpoint, headers=ADMIN)).read())
         resp = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Tenant-ID": "team-b"})
         responses.append(await resp.read())
         # Force the WAL to hold the latest pages, as it would in a running server.

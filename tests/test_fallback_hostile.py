@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import pytest
@@ -132,7 +133,7 @@ async def served(request: pytest.FixtureRequest, aiohttp_server: Any) -> tuple[i
     return int(server.port), {"X-Airgap-Mode": "deterministic"}
 
 
-def assert_clean_400(status: int, body: Any, logs: list[dict[str, Any]], match: str) -> None:
+def assert_clean_400(status: int, body: Any, logs: Sequence[MutableMapping[str, Any]], match: str) -> None:
     assert status == 400, body
     error = body["error"]
     assert error["type"] == "invalid_request_error"

@@ -11,7 +11,7 @@ import math
 import re
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import pytest
@@ -740,7 +740,7 @@ FORMAT_EXAMPLES = {
     "ipv6": "::1",
     "hostname": "db-1.internal.example",
 }
-SIMPLE_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=10)
+SIMPLE_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=10)
 SCALARS = (
     st.none()
     | st.booleans()
@@ -776,7 +776,10 @@ def rejecting(draw: Any, value: Any) -> dict[str, Any]:
     """A schema that ``value`` does not satisfy."""
     own = type_name(value)
     others = [t for t in TYPE_NAMES if t != own and not (own == "integer" and t == "number")]
-    return draw(st.sampled_from(others).map(lambda t: {"type": t}) | st.just({"const": ["never", "this", "value"]}))
+    rejected: dict[str, Any] = draw(
+        st.sampled_from(others).map(lambda t: {"type": t}) | st.just({"const": ["never", "this", "value"]})
+    )
+    return rejected
 
 
 def schema_for(draw: Any, value: Any, defs: dict[str, Any], depth: int = 0) -> Any:
@@ -942,7 +945,7 @@ def _nested(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     )
 
 
-META_SCHEMAS = st.recursive(from_schema(LEAF_META_SCHEMA), _nested, max_leaves=6)
+META_SCHEMAS = st.recursive(from_schema(cast(dict[str, Any], LEAF_META_SCHEMA)), _nested, max_leaves=6)
 
 
 def test_meta_schema_generated_schemas() -> None:

@@ -11,7 +11,7 @@ import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from openai.types.chat import ChatCompletionFunctionToolParam
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
 from tests.conftest import ThreadedServers, make_config
 
@@ -276,7 +276,10 @@ def test_many_distinct_values_through_the_sdk(sdk: openai.OpenAI) -> None:
         "additionalProperties": False,
         "minProperties": 200,
     }
-    tool: dict[str, Any] = {"type": "function", "function": {"name": "tally", "parameters": parameters}}
+    tool: ChatCompletionFunctionToolParam = {
+        "type": "function",
+        "function": {"name": "tally", "parameters": parameters},
+    }
     called = sdk.chat.completions.create(
         model="m",
         messages=MESSAGES,
@@ -286,4 +289,6 @@ def test_many_distinct_values_through_the_sdk(sdk: openai.OpenAI) -> None:
     )
     calls = called.choices[0].message.tool_calls
     assert calls is not None
-    jsonschema.validate(json.loads(calls[0].function.arguments), parameters)
+    call = calls[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    jsonschema.validate(json.loads(call.function.arguments), parameters)

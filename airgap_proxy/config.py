@@ -21,7 +21,7 @@ import yaml
 from airgap_proxy import crypto, policy
 from airgap_proxy.fallback import EMPTY_CANNED, Canned, parse_canned
 from airgap_proxy.fallback import limits as fallback_limits
-from airgap_proxy.targets import Target, TargetError, parse_base_url
+from airgap_proxy.policy.targets import Target, TargetError, parse_base_url
 
 CONFIG_VERSION = 1
 ENV_AIRGAPPED = "AISOC_AIRGAPPED"

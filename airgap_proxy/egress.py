@@ -32,7 +32,7 @@ from yarl import URL
 from airgap_proxy import policy
 from airgap_proxy.errors import AirgapViolation, UpstreamConnectTimeout, UpstreamError, UpstreamTimeout
 from airgap_proxy.http1 import Http1Connection, Http1Pool, Origin, UpstreamResponse
-from airgap_proxy.targets import IPAddress, Target
+from airgap_proxy.policy.targets import IPAddress, Target
 
 OnWouldBlock = Callable[[policy.Decision], None]
 _ORIGIN_CACHE = 1024

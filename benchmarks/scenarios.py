@@ -231,7 +231,7 @@ def classifier(s: Settings) -> Row:
     """``policy.classify`` (parse + classify) in a tight loop over a mix of URLs; names from a static resolver."""
     from airgap_proxy import policy
     from airgap_proxy.config import Config
-    from airgap_proxy.targets import IPAddress
+    from airgap_proxy.policy.targets import IPAddress
 
     def resolve(host: str) -> Sequence[IPAddress]:
         if host not in CLASSIFIER_NAMES:

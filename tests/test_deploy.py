@@ -41,8 +41,9 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 import airgap_proxy
-from airgap_proxy import cli, config, policy, targets
+from airgap_proxy import cli, config, policy
 from airgap_proxy.app import create_app
+from airgap_proxy.policy import targets
 from airgap_proxy.server import SHUTDOWN_GRACE_S
 
 ROOT = Path(__file__).resolve().parent.parent

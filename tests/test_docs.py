@@ -559,7 +559,7 @@ def template_chunks(template: str) -> list[str]:
 
 def target_error_templates() -> list[str]:
     """Every message the URL parser can refuse a URL with, read from its source."""
-    source = inspect.getsource(__import__("airgap_proxy.targets", fromlist=["x"]))
+    source = inspect.getsource(__import__("airgap_proxy.policy.targets", fromlist=["x"]))
     out = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):

@@ -18,7 +18,7 @@ from airgap_proxy import policy
 from airgap_proxy.app import create_app
 from airgap_proxy.egress import EgressClient
 from airgap_proxy.errors import AirgapViolation
-from airgap_proxy.targets import IPAddress
+from airgap_proxy.policy.targets import IPAddress
 from tests.conftest import FakeResolver, make_config
 from tests.fakes import FakeUpstream
 

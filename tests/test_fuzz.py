@@ -43,7 +43,7 @@ from yarl import URL
 
 from airgap_proxy import policy
 from airgap_proxy.app import create_app
-from airgap_proxy.targets import IPAddress, TargetError, parse_target
+from airgap_proxy.policy.targets import IPAddress, TargetError, parse_target
 from tests.conftest import ThreadedServers, make_config
 from tests.fakes import FakeUpstream
 
@@ -782,7 +782,7 @@ def atheris_main(argv: list[str]) -> None:
         del sys.modules[name]
     with atheris.instrument_imports(include=["airgap_proxy", "idna"]):
         from airgap_proxy import policy as instrumented_policy
-        from airgap_proxy import targets as instrumented_targets
+        from airgap_proxy.policy import targets as instrumented_targets
     globals().update(policy=instrumented_policy, parse_target=instrumented_targets.parse_target)
     globals().update(TargetError=instrumented_targets.TargetError)
     rules = [policy.Rules(), NARROW]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from airgap_proxy import policy
 from airgap_proxy.policy import Rule, Rules, Verdict
-from airgap_proxy.targets import IPAddress, TargetError, parse_target
+from airgap_proxy.policy.targets import IPAddress, TargetError, parse_target
 
 RULES = Rules()
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`airgap_proxy.targets`: URL parsing and host normalisation."""
+"""Tests for :mod:`airgap_proxy.policy.targets`: URL parsing and host normalisation."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airgap_proxy.targets import MAX_URL_LENGTH, Target, TargetError, normalise_host, parse_target
+from airgap_proxy.policy.targets import MAX_URL_LENGTH, Target, TargetError, normalise_host, parse_target
 
 
 def v4(text: str) -> ipaddress.IPv4Address:

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from airgap_proxy.targets import IPAddress, Target, TargetError, normalise_host, parse_target
+from airgap_proxy.policy.targets import IPAddress, Target, TargetError, normalise_host, parse_target
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -3,6 +3,8 @@
 1. The pure core imports nothing that does I/O, reads the clock or the environment.
 2. Only the egress module creates an HTTP client session or connector.
 3. No module outside the edges reads ``os.environ``.
+4. Layering: ``policy/`` is the bottom and imports only itself; nothing below the
+   server layer (wiring and entry points) imports it or ``api/``.
 """
 
 from __future__ import annotations
@@ -154,3 +156,38 @@ def test_only_cli_reads_the_environment() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv"}:
                 pytest.fail(f"{path.name}:{node.lineno} reads the environment")
+
+
+def package_imports(path: Path) -> set[str]:
+    """Every ``airgap_proxy...`` module name that ``path`` imports (absolute imports only)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "airgap_proxy":
+                found.update(f"airgap_proxy.{alias.name}" for alias in node.names)
+            elif node.module.startswith("airgap_proxy."):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("airgap_proxy."))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "policy").glob("*.py")), ids=lambda p: p.name)
+def test_the_policy_is_the_bottom_layer(path: Path) -> None:
+    """``policy/`` imports nothing of the package but itself: every other layer may use it."""
+    outside = {m for m in package_imports(path) if not m.startswith("airgap_proxy.policy")}
+    assert not outside, outside
+
+
+# The wiring and the entry points; the target layout puts them in server/.
+SERVER_LAYER = {"app", "server", "workers", "cli", "__main__"}
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_nothing_below_the_server_imports_the_server_or_the_api(path: Path) -> None:
+    relative = path.relative_to(PACKAGE)
+    if relative.parts[0] == "api" or (relative.stem in SERVER_LAYER and len(relative.parts) == 1):
+        return
+    upward = {m for m in package_imports(path) if m.split(".")[1] == "api" or m.split(".")[1] in SERVER_LAYER}
+    assert not upward, upward

@@ -17,12 +17,13 @@ from typing import Any
 
 import yaml
 
-from airgap_proxy import __version__, crypto, policy, routing, workers
+from airgap_proxy import __version__, crypto, policy, workers
 from airgap_proxy.config import ENV_CONFIG, ENV_SECRET_KEY, Config, ConfigError, load_config, parse_workers
 from airgap_proxy.egress import EgressClient, system_resolve
 from airgap_proxy.errors import ProxyError, UpstreamError
 from airgap_proxy.server import run
 from airgap_proxy.tenant_store import StoreError, TenantStore
+from airgap_proxy.upstreams import routing
 
 EXIT_OK = 0
 EXIT_NOT_LOCAL = 1

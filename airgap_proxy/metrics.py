@@ -21,9 +21,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from airgap_proxy.audit import Action, Audit
-from airgap_proxy.health import HealthStatus
 from airgap_proxy.tenants import UPSTREAM_PREFIX
 from airgap_proxy.upstreams import UpstreamPool
+from airgap_proxy.upstreams.health import HealthStatus
 
 PREFIX = "airgap_proxy"
 V1_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})

@@ -15,12 +15,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from airgap_proxy import policy, routing
+from airgap_proxy import policy
 from airgap_proxy.config import TENANT_ID_RE, ClientConfig, ProviderType, UpstreamConfig
 from airgap_proxy.crypto import Keyring, Sealed, associated_data
 from airgap_proxy.errors import Forbidden, InvalidRequest, Unauthorized
 from airgap_proxy.policy import targets
 from airgap_proxy.policy.targets import MAX_URL_LENGTH, Target, TargetError
+from airgap_proxy.upstreams import routing
 
 TENANT_HEADER = "X-Tenant-ID"
 UPSTREAM_PREFIX = "tenant:"

@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 import yaml
 
-from airgap_proxy import config, errors, policy, routing, upstreams
+from airgap_proxy import config, errors, policy, upstreams
 from airgap_proxy.app import create_app
 from airgap_proxy.audit import Action, Audit
+from airgap_proxy.upstreams import routing
 from tests.test_deploy import (
     COMPOSE_COMBINATIONS,
     COMPOSE_DIR,

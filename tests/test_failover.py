@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 
 from airgap_proxy.app import create_app
-from airgap_proxy.health import HealthStatus
 from airgap_proxy.state import STATE
 from airgap_proxy.upstreams import probe_once
+from airgap_proxy.upstreams.health import HealthStatus
 from tests.conftest import make_config
 from tests.fakes import FakeUpstream
 

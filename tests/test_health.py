@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airgap_proxy.health import HealthState, HealthStatus, Thresholds, observe
+from airgap_proxy.upstreams.health import HealthState, HealthStatus, Thresholds, observe
 
 U, H, X = HealthStatus.UNKNOWN, HealthStatus.HEALTHY, HealthStatus.UNHEALTHY
 

@@ -26,8 +26,8 @@ import pytest
 
 from airgap_proxy import policy
 from airgap_proxy.egress import EgressClient
+from airgap_proxy.egress.http1 import UpstreamResponse
 from airgap_proxy.errors import UpstreamError, UpstreamTimeout
-from airgap_proxy.http1 import UpstreamResponse
 
 # A defect must fail a test, not hang it: waits the client does not bound itself get this.
 GUARD_S = 4.0

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from airgap_proxy import policy, routing
+from airgap_proxy import policy
 from airgap_proxy.errors import ModelNotFound, NoHealthyUpstream
+from airgap_proxy.upstreams import routing
 from tests.conftest import make_config
 
 

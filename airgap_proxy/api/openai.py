@@ -39,10 +39,11 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
-from airgap_proxy import crypto, fallback_http, policy, routing, tenants, usage
+from airgap_proxy import crypto, fallback_http, policy, tenants, usage
 from airgap_proxy import payload as payload_mod
 from airgap_proxy.audit import Action, Audit
 from airgap_proxy.config import UpstreamConfig
+from airgap_proxy.egress.http1 import UpstreamResponse
 from airgap_proxy.errors import (
     AirgapViolation,
     InternalError,
@@ -62,12 +63,11 @@ from airgap_proxy.headers import (
     client_response_headers,
     upstream_request_headers,
 )
-from airgap_proxy.http1 import UpstreamResponse
 from airgap_proxy.logs import get_logger
 from airgap_proxy.metrics import METRICS
 from airgap_proxy.state import AUDIT_KEY, GENERATION_KEY, STATE, Generation
 from airgap_proxy.tenants import TENANT_HEADER, StoredProvider
-from airgap_proxy.upstreams import UpstreamRuntime
+from airgap_proxy.upstreams import UpstreamRuntime, routing
 
 SSE_CONTENT_TYPE = "text/event-stream"
 MODE_HEADER = "X-Airgap-Mode"

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from airgap_proxy import health, policy, routing
+from airgap_proxy import policy
 from airgap_proxy.config import Config, ProviderType, UpstreamConfig
 from airgap_proxy.egress import EgressClient
 from airgap_proxy.errors import AirgapViolation, ProxyError, UpstreamConnectTimeout, UpstreamTimeout
 from airgap_proxy.logs import get_logger
+from airgap_proxy.upstreams import health, routing
 
 ROUTE_CACHE = 1024
 _log = get_logger("airgap_proxy.health")

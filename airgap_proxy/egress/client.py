@@ -30,8 +30,8 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from airgap_proxy import policy
+from airgap_proxy.egress.http1 import Http1Connection, Http1Pool, Origin, UpstreamResponse
 from airgap_proxy.errors import AirgapViolation, UpstreamConnectTimeout, UpstreamError, UpstreamTimeout
-from airgap_proxy.http1 import Http1Connection, Http1Pool, Origin, UpstreamResponse
 from airgap_proxy.policy.targets import IPAddress, Target
 
 OnWouldBlock = Callable[[policy.Decision], None]

@@ -7,7 +7,6 @@ import contextlib
 import gc
 import ipaddress
 import os
-import socket
 import warnings
 from typing import Any
 
@@ -19,7 +18,7 @@ from airgap_proxy.app import create_app
 from airgap_proxy.egress import EgressClient
 from airgap_proxy.errors import AirgapViolation
 from airgap_proxy.policy.targets import IPAddress
-from tests.conftest import FakeResolver, make_config
+from tests.conftest import BlackHole, FakeResolver, make_config
 from tests.fakes import FakeUpstream
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -243,19 +242,9 @@ async def test_a_connect_time_refusal_clears_once_a_probe_gets_through(
     assert resp.status == 200 and resp.headers["X-Airgap-Upstream"] == "default"
 
 
-async def test_a_cancelled_connect_closes_its_socket() -> None:
+async def test_a_cancelled_connect_closes_its_socket(black_hole: BlackHole) -> None:
     """A client that goes away mid-connect must not leave the socket to the garbage collector."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(4):  # fill the accept queue: further connects hang (a black hole)
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
+    port = black_hole.port
     client = EgressClient(policy.Rules(), enforce=True, connect_timeout_s=30, read_timeout_s=30)
     await client.start()
     try:
@@ -277,8 +266,6 @@ async def test_a_cancelled_connect_closes_its_socket() -> None:
             gc.collect()
     finally:
         await client.close()
-        for sock in (*fillers, listener):
-            sock.close()
 
 
 async def test_report_only_audits_a_connect_time_would_block_on_every_request(

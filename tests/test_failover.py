@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from airgap_proxy.app import create_app
 from airgap_proxy.state import STATE
 from airgap_proxy.upstreams import probe_once
 from airgap_proxy.upstreams.health import HealthStatus
-from tests.conftest import make_config
+from tests.conftest import BlackHole, make_config
 from tests.fakes import FakeUpstream
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
@@ -129,34 +125,6 @@ async def test_fallback_mode_error_gives_503_with_retry_after(aiohttp_client: An
     forced = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Airgap-Mode": "deterministic"})
     assert forced.status == 200
     assert forced.headers["X-Airgap-Upstream"] == "deterministic"
-
-
-class BlackHole:
-    """A loopback port that never completes a connect: its accept queue is full and SYNs are dropped."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(0)
-        self.port = self.listener.getsockname()[1]
-        self.fillers = []
-        for _ in range(4):
-            filler = socket.socket()
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", self.port))
-            self.fillers.append(filler)
-
-    def close(self) -> None:
-        for sock in (*self.fillers, self.listener):
-            sock.close()
-
-
-@pytest.fixture
-def black_hole() -> Iterator[BlackHole]:
-    hole = BlackHole()
-    yield hole
-    hole.close()
 
 
 def black_hole_config(hole: BlackHole, backup: str | None, **health: Any) -> Any:

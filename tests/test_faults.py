@@ -952,6 +952,7 @@ class LateAnswerUpstream:
         self.port = int(self.listener.getsockname()[1])
         self.leak = threading.Event()
         self.leaked = threading.Event()
+        self.armed = False
         self.requests: list[tuple[int, str]] = []
         self.connections: list[socket.socket] = []
         threading.Thread(target=self.accept, daemon=True).start()
@@ -973,10 +974,17 @@ class LateAnswerUpstream:
                         length = int(value)
                 reader.read(length)
                 self.requests.append((index, line.split(b" ")[1].decode()))
+                # The first POST's connection gets the stray answer. Decided before the
+                # answer goes out: the next request (and its leak.set()) may come before
+                # this thread runs again.
+                stray = line.startswith(b"POST") and not self.armed
+                self.armed = self.armed or stray
                 conn.sendall(keep_alive_json(chat_completion(f"answer on connection {index}")))
-                if line.startswith(b"POST") and not self.leak.is_set() and self.leak.wait(5):
-                    conn.sendall(keep_alive_json(chat_completion("LEAKED")))
-                    self.leaked.set()
+                if stray and self.leak.wait(5):
+                    try:
+                        conn.sendall(keep_alive_json(chat_completion("LEAKED")))
+                    finally:
+                        self.leaked.set()  # the held loop must not wait in vain if the write fails
 
     def close(self) -> None:
         self.listener.close()

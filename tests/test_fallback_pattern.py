@@ -1,4 +1,4 @@
-"""Tests for :mod:`airgap_proxy.fallback.pattern` and :mod:`airgap_proxy.fallback.text`.
+"""Tests for :mod:`airgap_proxy.fallback.jsonschema.pattern` and :mod:`airgap_proxy.fallback.text`.
 
 Samples are checked with RE2 (:func:`pattern.matches`, or the binding directly): the semantics the
 proxy matches with.
@@ -14,7 +14,7 @@ import re2
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from airgap_proxy.fallback import pattern
+from airgap_proxy.fallback.jsonschema import pattern
 from airgap_proxy.fallback.seed import Seed
 from airgap_proxy.fallback.text import count_tokens, fragments, shape, truncate, word_pieces
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`airgap_proxy.fallback.instance`: JSON Schema instances, valid or refused.
+"""Tests for :mod:`airgap_proxy.fallback.jsonschema.instance`: JSON Schema instances, valid or refused.
 
 Every instance is checked by the ``jsonschema`` package (draft 2020-12 with
 format checking), never by the fallback's own validator.
@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 
 from airgap_proxy.errors import InvalidRequest
-from airgap_proxy.fallback import EMPTY_CANNED, chat_completion, formats
-from airgap_proxy.fallback.instance import instance_for
-from airgap_proxy.fallback.schema import SchemaError
+from airgap_proxy.fallback import EMPTY_CANNED, chat_completion
+from airgap_proxy.fallback.jsonschema import formats
+from airgap_proxy.fallback.jsonschema.instance import instance_for
+from airgap_proxy.fallback.jsonschema.schema import SchemaError
 from airgap_proxy.fallback.seed import Seed
 
 D2020 = jsonschema.Draft202012Validator

@@ -7,8 +7,8 @@ random source. Bodies are compact JSON; streams are lists of SSE events.
 
 Modules: :mod:`.chat` and :mod:`.completions` (texts, tool calls, JSON
 output, streams), :mod:`.embeddings`, :mod:`.models`, :mod:`.canned` (the
-operator's replies file), :mod:`.instance` with :mod:`.schema`,
-:mod:`.pattern` and :mod:`.formats` (JSON Schema instances), :mod:`.text`
+operator's replies file), :mod:`.jsonschema` (the JSON Schema engine:
+instances, patterns, formats), :mod:`.text`
 (sentences, token estimate, stop and max_tokens), :mod:`.request` (shared
 request fields), :mod:`.wire` (serialisation).
 

@@ -47,9 +47,9 @@ from typing import Any
 from airgap_proxy.errors import InvalidRequest
 from airgap_proxy.fallback import request, text, wire
 from airgap_proxy.fallback.canned import Canned
-from airgap_proxy.fallback.instance import instance_for
+from airgap_proxy.fallback.jsonschema.instance import instance_for
+from airgap_proxy.fallback.jsonschema.schema import SchemaError
 from airgap_proxy.fallback.limits import DEFAULT_LIMITS, Limits, spend
-from airgap_proxy.fallback.schema import SchemaError
 from airgap_proxy.fallback.seed import Seed, canonical_json, request_seed
 
 MAX_TOOLS = 128

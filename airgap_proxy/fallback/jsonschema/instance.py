@@ -1,7 +1,7 @@
 """Deterministic JSON Schema instances, valid or refused (pure).
 
 :func:`instance_for` returns a value valid against the schema, or raises
-:class:`~airgap_proxy.fallback.schema.SchemaError` saying why it cannot;
+:class:`~airgap_proxy.fallback.jsonschema.schema.SchemaError` saying why it cannot;
 it never returns an invalid value.
 
 How a value is made, at each schema node:
@@ -21,7 +21,7 @@ How a value is made, at each schema node:
    per allowed type is made from the facts, children recursively, then a
    few boundary values as a last resort.
 4. *Check.* Each candidate is validated against the node's schema by
-   :class:`~airgap_proxy.fallback.schema.Schema` (this is what enforces
+   :class:`~airgap_proxy.fallback.jsonschema.schema.Schema` (this is what enforces
    ``oneOf``'s "exactly one", ``not`` and ``if``); the first valid one wins,
    else other seeds and branches are tried, within a fixed budget.
 
@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from airgap_proxy.fallback import formats, pattern
-from airgap_proxy.fallback.limits import spend
-from airgap_proxy.fallback.schema import (
+from airgap_proxy.fallback.jsonschema import formats, pattern
+from airgap_proxy.fallback.jsonschema.schema import (
     TYPES,
     NestingError,
     Schema,
@@ -52,6 +51,7 @@ from airgap_proxy.fallback.schema import (
     is_number,
     pointer_escape,
 )
+from airgap_proxy.fallback.limits import spend
 from airgap_proxy.fallback.seed import Seed
 
 MAX_DEPTH = 40  # nesting of generated values

@@ -18,7 +18,7 @@ from collections.abc import Hashable
 from fractions import Fraction
 from typing import Any, TypeGuard
 
-from airgap_proxy.fallback import formats, pattern
+from airgap_proxy.fallback.jsonschema import formats, pattern
 from airgap_proxy.fallback.limits import spend
 
 TYPES = ("null", "boolean", "object", "array", "number", "string", "integer")

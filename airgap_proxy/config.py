@@ -87,6 +87,21 @@ class ProviderType(enum.Enum):
     def is_hosted(self) -> bool:
         return not self.value.startswith("local-")
 
+    @property
+    def default_apis(self) -> frozenset[str]:
+        """The API surfaces an upstream of this type speaks unless ``apis`` says otherwise."""
+        return DEFAULT_APIS.get(self, frozenset({"openai"}))
+
+
+# The API surfaces (DESIGN §7) and who speaks which by default.
+APIS = ("openai", "responses", "anthropic", "ollama")
+DEFAULT_APIS = {
+    ProviderType.LOCAL_OLLAMA: frozenset(APIS),
+    ProviderType.LOCAL_VLLM: frozenset({"openai", "responses", "anthropic"}),
+    ProviderType.LOCAL_LITELLM: frozenset({"openai", "responses", "anthropic"}),
+    ProviderType.LOCAL_LLAMACPP: frozenset({"openai", "responses", "anthropic"}),
+}
+
 
 class LogFormat(enum.Enum):
     AUTO = "auto"
@@ -123,6 +138,12 @@ class UpstreamConfig:
     aliases: tuple[tuple[str, str], ...] = ()
     priority: int = 0
     max_in_flight: int | None = None
+    # The API surfaces it speaks (``upstreams[].apis``); empty: its provider type's defaults.
+    apis: frozenset[str] = frozenset()
+
+    def speaks(self, api: str) -> bool:
+        """Does this upstream serve the ``api`` surface?"""
+        return api in (self.apis or self.provider_type.default_apis)
 
 
 @dataclass(frozen=True)
@@ -243,6 +264,7 @@ class Config:
                     "aliases": dict(u.aliases),
                     "priority": u.priority,
                     "max_in_flight": u.max_in_flight,
+                    "apis": sorted(u.apis or u.provider_type.default_apis),
                 }
                 for u in self.upstreams
             ],
@@ -669,6 +691,7 @@ def _parse_upstream(section: _Section, env: Mapping[str, str]) -> UpstreamConfig
     max_in_flight = section.get("max_in_flight", int, None)
     if max_in_flight is not None and max_in_flight < 1:
         raise ConfigError(section.key_path("max_in_flight"), f"must be at least 1, got {max_in_flight}")
+    apis = _parse_apis(section)
     section.finish()
     return UpstreamConfig(
         name=name,
@@ -682,7 +705,20 @@ def _parse_upstream(section: _Section, env: Mapping[str, str]) -> UpstreamConfig
         aliases=tuple(aliases),
         priority=priority,
         max_in_flight=max_in_flight,
+        apis=apis,
     )
+
+
+def _parse_apis(section: _Section) -> frozenset[str]:
+    raw = section.get_list("apis", None)
+    if raw is None:
+        return frozenset()
+    if not raw:
+        raise ConfigError(section.key_path("apis"), f"must name at least one of {', '.join(APIS)}")
+    for index, api in enumerate(raw):
+        if api not in APIS:
+            raise ConfigError(f"{section.key_path('apis')}[{index}]", f"unknown API {api!r} (known: {', '.join(APIS)})")
+    return frozenset(raw)
 
 
 def _parse_provider_type(path: str, value: str) -> ProviderType:
@@ -724,6 +760,7 @@ def _parse_upstreams(root: _Section, env: Mapping[str, str]) -> tuple[UpstreamCo
             aliases=existing.aliases if existing else (),
             priority=existing.priority if existing else min((u.priority for u in upstreams), default=0),
             max_in_flight=existing.max_in_flight if existing else None,
+            apis=existing.apis if existing else frozenset(),
         )
         upstreams = [default] + [u for u in upstreams if u.name != DEFAULT_UPSTREAM_NAME]
     return tuple(upstreams)

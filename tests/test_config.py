@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from airgap_proxy import policy
 from airgap_proxy.config import (
+    APIS,
     REDACTED,
     Config,
     ConfigError,
@@ -793,6 +794,40 @@ def test_redacted_is_plain_json_data() -> None:
     report = parse({"upstreams": [upstream()]}, {"AIRGAP_PROXY_ADMIN_TOKEN": "x" * 16}).redacted()
     assert json.loads(json.dumps(report)) == report
     assert report["upstreams"][0]["base_url"] == LOCAL_URL
+
+
+@pytest.mark.parametrize(
+    ("provider_type", "expected"),
+    [
+        ("local-ollama", ["anthropic", "ollama", "openai", "responses"]),
+        ("local-vllm", ["anthropic", "openai", "responses"]),
+        ("local-litellm", ["anthropic", "openai", "responses"]),
+        ("local-llamacpp", ["anthropic", "openai", "responses"]),
+        ("local-openai-compatible", ["openai"]),
+    ],
+)
+def test_apis_default_by_provider_type(provider_type: str, expected: list[str]) -> None:
+    config = parse({"upstreams": [upstream(provider_type=provider_type)]})
+    assert config.redacted()["upstreams"][0]["apis"] == expected
+    assert [api for api in APIS if config.upstreams[0].speaks(api)] == [a for a in APIS if a in expected]
+
+
+def test_apis_given_replace_the_defaults() -> None:
+    config = parse({"upstreams": [upstream(provider_type="local-ollama", apis=["openai", "anthropic"])]})
+    assert config.upstreams[0].speaks("anthropic") and not config.upstreams[0].speaks("ollama")
+
+
+@pytest.mark.parametrize(
+    ("apis", "path", "fragment"),
+    [
+        ([], "upstreams[0].apis", "at least one of openai, responses, anthropic, ollama"),
+        (["openai", "grpc"], "upstreams[0].apis[1]", "unknown API 'grpc'"),
+        ("openai", "upstreams[0].apis", "list"),
+    ],
+)
+def test_bad_apis_are_config_errors(apis: Any, path: str, fragment: str) -> None:
+    error = parse_error({"upstreams": [upstream(apis=apis)]})
+    assert error.path == path and fragment in error.message, (error.path, error.message)
 
 
 # --- data files -------------------------------------------------------------

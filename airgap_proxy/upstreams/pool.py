@@ -101,22 +101,37 @@ class UpstreamPool:
                 self.runtimes[upstream.name] = old
             else:
                 self.runtimes[upstream.name] = UpstreamRuntime(upstream, decision)
-        self._routes: dict[str | None, tuple[list[routing.Candidate], list[routing.Candidate]]] = {}
+        self._routes: dict[tuple[str | None, str], tuple[list[routing.Candidate], list[routing.Candidate]]] = {}
 
-    def route(self, model: str | None) -> tuple[list[routing.Candidate], list[routing.Candidate]]:
-        """The candidates for ``model`` and those of them the policy permits.
+    @property
+    def configured(self) -> bool:
+        """Is any upstream configured?"""
+        return bool(self.runtimes)
+
+    def route(self, model: str | None, api: str = "openai") -> tuple[list[routing.Candidate], list[routing.Candidate]]:
+        """The candidates for ``model`` on the ``api`` surface, and those of them the policy permits.
 
         Both depend only on this generation's configuration and load-time
-        verdicts, so they are computed once per model (for at most
-        :data:`ROUTE_CACHE` model names: clients choose them).
+        verdicts, so they are computed once per model and surface (for at
+        most :data:`ROUTE_CACHE` model names: clients choose them).
         """
-        found = self._routes.get(model)
+        key = (model, api)
+        found = self._routes.get(key)
         if found is None:
-            candidates = routing.route(self.config.upstreams, model)
+            candidates = routing.route(self.config.upstreams, model, api)
             found = (candidates, [c for c in candidates if self.permitted(c.upstream.name)])
             if len(self._routes) < ROUTE_CACHE:
-                self._routes[model] = found
+                self._routes[key] = found
         return found
+
+    def verdict(self, name: str) -> policy.Decision | None:
+        """The policy's decision on this upstream now (None: judged at connect time)."""
+        return self.runtimes[name].verdict
+
+    def health_error(self, name: str) -> str:
+        """Why this upstream is not available: its last health failure, or its state."""
+        health = self.runtimes[name].health
+        return health.last_error or health.status.value
 
     def permitted(self, name: str) -> bool:
         """May traffic go to this upstream? (Names are re-checked at connect time.)"""

@@ -1,10 +1,13 @@
 """Routing: which upstreams may serve a request's model (pure).
 
 1. ``default`` or no model maps to the configured default model (``LLM_MODEL``).
-2. An alias on an upstream maps the model to that upstream's real name.
-3. An upstream serves a model when its ``models`` list is empty (serves
+2. An alias on an upstream maps the model to that upstream's real name: an
+   exact alias first, then the first glob alias that matches
+   (``"claude-*": qwen2.5-coder:7b``).
+3. Only upstreams that speak the request's API surface (``apis``) serve it.
+4. An upstream serves a model when its ``models`` list is empty (serves
    anything) or one of its exact names / globs matches.
-4. Candidates are ordered by priority (lower first), then by configuration
+5. Candidates are ordered by priority (lower first), then by configuration
    order. None configured: 503 ``no_healthy_upstream``; none serving the
    model: 404 ``model_not_found``.
 """
@@ -42,6 +45,9 @@ def serves(upstream: UpstreamConfig, model: str) -> str | None:
     for alias, target in upstream.aliases:
         if alias == model:
             return target
+    for alias, target in upstream.aliases:
+        if _is_glob(alias) and fnmatchcase(model, alias):
+            return target
     if not upstream.models:
         return model
     for pattern in upstream.models:
@@ -50,11 +56,17 @@ def serves(upstream: UpstreamConfig, model: str) -> str | None:
     return None
 
 
-def route(upstreams: tuple[UpstreamConfig, ...], model: str | None) -> list[Candidate]:
-    """Candidates for ``model`` in the order they should be tried."""
+def _is_glob(pattern: str) -> bool:
+    return "*" in pattern or "?" in pattern or "[" in pattern
+
+
+def route(upstreams: tuple[UpstreamConfig, ...], model: str | None, api: str = "openai") -> list[Candidate]:
+    """Candidates for ``model`` on the ``api`` surface, in the order they should be tried."""
     if not upstreams:
         raise NoHealthyUpstream("no upstream is configured (set LLM_BASE_URL or upstreams in the config file)")
-    ordered = sorted(upstreams, key=lambda u: u.priority)
+    ordered = sorted((u for u in upstreams if u.speaks(api)), key=lambda u: u.priority)
+    if not ordered:
+        return []  # none speaks this surface: the fallback answers in its shape
     if model is None:
         return [Candidate(u, None) for u in ordered]
     found = []

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
-from airgap_proxy import fallback_http, reload
+from airgap_proxy import reload
 from airgap_proxy.api import admin, health, openai, status, unknown
 from airgap_proxy.config import Config
 from airgap_proxy.metrics import METRICS, Metrics, metrics_endpoint
 from airgap_proxy.middleware import expect_handler, request_middleware
+from airgap_proxy.pipeline import answer
 from airgap_proxy.router import Router
 from airgap_proxy.state import STATE, AppState
 
@@ -47,7 +48,7 @@ def create_app(
     # The store first: if it cannot open, nothing else has started yet.
     app.cleanup_ctx.append(_tenant_store)
     app.cleanup_ctx.append(_generations)
-    app.cleanup_ctx.append(fallback_http.executor_ctx)
+    app.cleanup_ctx.append(answer.executor_ctx)
     app.router.add_get("/healthz", health.healthz, expect_handler=expect_handler)
     app.router.add_get("/readyz", health.readyz, expect_handler=expect_handler)
     app.router.add_get("/metrics", metrics_endpoint, expect_handler=expect_handler)

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airgap_proxy.policy import Decision
+
+# What the load-time record says of an upstream whose name is judged when it is connected to.
+REASON_AT_CONNECT = "addresses checked at connect time"
 
 
 class Action(enum.Enum):
@@ -26,6 +32,7 @@ class Audit:
     request_id: str
     method: str
     route: str
+    api: str | None = None
     tenant: str | None = None
     model: str | None = None
     upstream: str | None = None
@@ -51,6 +58,37 @@ class Audit:
     waited_s: float = 0.0
     overhead_ms: float | None = None
 
+    def record_policy(self, upstream: str, decision: Decision | None) -> None:
+        """The upstream chosen and the policy's decision on it (None: judged at connect time)."""
+        self.upstream = upstream
+        if decision is None:
+            self.decision = Action.FORWARD
+            self.verdict, self.reason, self.rule = "local", REASON_AT_CONNECT, None
+            return
+        self.verdict, self.reason, self.rule = decision.verdict.value, decision.reason, decision.rule.value
+        self.decision = Action.FORWARD if decision.is_local else Action.WOULD_BLOCK
+
+    def record_connect(self, decision: Decision | None) -> None:
+        """What the policy said when the response's connection was opened.
+
+        Names are judged at connect time: the load-time record only says so,
+        and in report-only mode a name resolving outside is a ``would_block``
+        on every request over that connection, not only the one that opened it.
+        """
+        if decision is None or (decision.is_local and self.rule is not None):
+            return
+        self.verdict, self.reason, self.rule = decision.verdict.value, decision.reason, decision.rule.value
+        if not decision.is_local:
+            self.decision = Action.WOULD_BLOCK
+
+    def record_refusal(self, upstream: str, decision: Decision | None, reason: str) -> None:
+        """The policy refused the request's upstream (before or at connect time)."""
+        self.upstream = upstream
+        self.decision = Action.BLOCK
+        self.verdict = decision.verdict.value if decision else "external"
+        self.reason = reason
+        self.rule = decision.rule.value if decision else None
+
     def overhead(self, now: float) -> str:
         """Milliseconds spent inside the proxy until ``now``, waits excluded; recorded for the log."""
         text = "%.3f" % (max(0.0, now - self.started - self.waited_s) * 1000)
@@ -62,6 +100,7 @@ class Audit:
             "request_id": self.request_id,
             "method": self.method,
             "route": self.route,
+            "api": self.api,
             "tenant": self.tenant,
             "model": self.model,
             "upstream": self.upstream,

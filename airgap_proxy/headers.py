@@ -55,6 +55,10 @@ _TO_UPSTREAM_DROPPED = HOP_BY_HOP | CLIENT_ONLY
 _TO_CLIENT_DROPPED = HOP_BY_HOP | UPSTREAM_ONLY
 REQUEST_ID_HEADER = "X-Request-ID"
 UPSTREAM_HEADER = "X-Airgap-Upstream"
+# The model the upstream received, when routing (an alias) changed the client's.
+MODEL_HEADER = "X-Airgap-Model"
+# The code of an error the proxy itself produced (not one relayed from an upstream).
+ERROR_HEADER = "X-Airgap-Error"
 # Milliseconds the proxy itself spent on a request, waits for the client's body and the upstream excluded.
 OVERHEAD_HEADER = "X-Airgap-Overhead-Ms"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

@@ -1,6 +1,8 @@
 """The one middleware: request id, limits, error translation, the audit event and metrics.
 
-Our errors become OpenAI-shaped HTTP responses here and nowhere else. A 500
+Our errors become HTTP responses here and nowhere else, in the envelope of
+the request's surface (OpenAI's unless the pipeline chose another), marked
+with ``X-Airgap-Error``. A 500
 never shows internals to the client. For every request, in order:
 
 1. Take or make the request id; start the audit record.
@@ -34,10 +36,11 @@ from airgap_proxy.errors import (
     ProxyError,
     RequestTooLarge,
 )
-from airgap_proxy.headers import OVERHEAD_HEADER, REQUEST_ID_HEADER, valid_request_id
+from airgap_proxy.headers import ERROR_HEADER, OVERHEAD_HEADER, REQUEST_ID_HEADER, valid_request_id
 from airgap_proxy.logs import AUDIT_EVENT, get_logger
 from airgap_proxy.metrics import route_label
 from airgap_proxy.state import AUDIT_KEY, GENERATION_KEY, STATE
+from airgap_proxy.surfaces import JSON, OPENAI, SURFACE_KEY, Surface
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _log = get_logger("airgap_proxy.audit")
@@ -50,10 +53,11 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def error_response(error: ProxyError, request_id: str) -> web.Response:
-    """The OpenAI error envelope for ``error``."""
-    response = web.json_response(error.envelope(), status=error.status)
+def error_response(error: ProxyError, request_id: str, surface: Surface = OPENAI) -> web.Response:
+    """``error`` in ``surface``'s envelope."""
+    response = web.Response(body=surface.error_body(error), status=error.status, content_type=JSON)
     response.headers.update(error.headers)
+    response.headers[ERROR_HEADER] = error.code
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
 
@@ -117,12 +121,12 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             admitted = True
         response = await handler(request)
     except ProxyError as exc:
-        response = _fail(audit, exc, request_id)
+        response = _fail(audit, exc, request_id, request.get(SURFACE_KEY, OPENAI))
         hang_up = exc.close_connection
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _fail(audit, _from_http_exception(exc, request.path), request_id)
+        response = _fail(audit, _from_http_exception(exc, request.path), request_id, request.get(SURFACE_KEY, OPENAI))
     except (asyncio.CancelledError, ConnectionResetError):
         # The client went away (cancelled handler, or a write to a closed transport).
         audit.status = 499
@@ -131,7 +135,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into 500
         _log.error("internal_error", request_id=request_id, exc_type=type(exc).__name__, exc_info=True)
-        response = _fail(audit, InternalError(f"Internal error (request id {request_id})"), request_id)
+        error = InternalError(f"Internal error (request id {request_id})")
+        response = _fail(audit, error, request_id, request.get(SURFACE_KEY, OPENAI))
     finally:
         if admitted:
             state.in_flight -= 1
@@ -172,13 +177,13 @@ async def _send_now(request: web.Request, response: web.StreamResponse, audit: A
         raise
 
 
-def _fail(audit: Audit, error: ProxyError, request_id: str) -> web.Response:
+def _fail(audit: Audit, error: ProxyError, request_id: str, surface: Surface) -> web.Response:
     audit.status = error.status
     audit.error_code = error.code
     audit.error = error.message
     if error.code == "airgap_violation":
         audit.decision = Action.BLOCK
-    return error_response(error, request_id)
+    return error_response(error, request_id, surface)
 
 
 def _emit(request: web.Request, audit: Audit, started: float) -> None:

@@ -35,6 +35,7 @@ from airgap_proxy import logs, reload
 from airgap_proxy.app import create_app
 from airgap_proxy.config import Config, ConfigError, TimeoutsConfig
 from airgap_proxy.errors import BadHttpRequest, InternalError, Overloaded, ProxyError
+from airgap_proxy.headers import ERROR_HEADER
 from airgap_proxy.state import STATE
 
 SHUTDOWN_GRACE_S = TimeoutsConfig.shutdown_grace_s
@@ -52,6 +53,7 @@ def _loop_factory() -> asyncio.AbstractEventLoop:
 
 _OVERLOADED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"X-Airgap-Error: overloaded\r\n"
     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
 )
 
@@ -95,6 +97,7 @@ class EnvelopeRequestHandler(RequestHandler):
         response = web.Response(
             status=status, body=json.dumps(error.envelope()).encode(), content_type="application/json"
         )
+        response.headers[ERROR_HEADER] = error.code
         response.force_close()
         return response
 

@@ -4,7 +4,8 @@
 2. Only the egress client (``egress/client.py``) creates an HTTP client session or connector.
 3. No module outside the edges reads ``os.environ``.
 4. Layering: ``policy/`` is the bottom and imports only itself; nothing below the
-   server layer (wiring and entry points) imports it or ``api/``.
+   server layer (wiring and entry points) imports it or ``api/``; imports point
+   ``api -> pipeline -> surfaces -> fallback/upstreams/tenants -> egress -> policy``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ CORE = [
     "policy/targets",
     "policy/decide",
     "upstreams/routing",
+    "pipeline/plan",
     "payload",
     "headers",
     "errors",
@@ -191,3 +193,30 @@ def test_nothing_below_the_server_imports_the_server_or_the_api(path: Path) -> N
         return
     upward = {m for m in package_imports(path) if m.split(".")[1] == "api" or m.split(".")[1] in SERVER_LAYER}
     assert not upward, upward
+
+
+# What each layer may not import: the layers above it.
+ABOVE = {
+    "egress": {"upstreams", "tenants", "tenant_store", "fallback", "surfaces", "pipeline"},
+    "fallback": {"upstreams", "tenants", "egress", "surfaces", "pipeline"},
+    "upstreams": {"tenants", "fallback", "surfaces", "pipeline"},
+    "surfaces": {"upstreams", "tenants", "egress", "pipeline"},
+    "pipeline": set(),
+}
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for layer in ABOVE for p in (PACKAGE / layer).rglob("*.py")),
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_imports_point_down_the_layers(path: Path) -> None:
+    layer = path.relative_to(PACKAGE).parts[0]
+    upward = {m for m in package_imports(path) if m.split(".")[1] in ABOVE[layer]}
+    assert not upward, upward
+
+
+def test_the_planner_decides_from_facts_alone() -> None:
+    """``pipeline/plan`` is pure: it imports no other pipeline stage, no surface, no I/O."""
+    imported = package_imports(PACKAGE / "pipeline" / "plan.py")
+    assert imported <= {"airgap_proxy.policy", "airgap_proxy.config", "airgap_proxy.upstreams"}, imported

@@ -32,7 +32,6 @@ from typing import Any
 from aiohttp import web
 
 from airgap_proxy import crypto, policy, reload, tenants
-from airgap_proxy.api.openai import read_body
 from airgap_proxy.audit import Action
 from airgap_proxy.config import ConfigError
 from airgap_proxy.errors import (
@@ -45,6 +44,7 @@ from airgap_proxy.errors import (
     Unauthorized,
 )
 from airgap_proxy.logs import get_logger
+from airgap_proxy.pipeline import read_body
 from airgap_proxy.state import AUDIT_KEY, STATE, AppState, TenantProbe
 from airgap_proxy.tenant_store import AsyncTenantStore
 from airgap_proxy.upstreams import Probe, probe_endpoint

@@ -29,7 +29,7 @@ from aiohttp import web
 from airgap_proxy import crypto, policy, tenants
 from airgap_proxy.config import FallbackMode
 from airgap_proxy.errors import InvalidRequest, ModelNotFound, NoHealthyUpstream
-from airgap_proxy.fallback_http import DEFAULT_FALLBACK_MODEL, DETERMINISTIC
+from airgap_proxy.pipeline.answer import DEFAULT_FALLBACK_MODEL, DETERMINISTIC
 from airgap_proxy.state import AUDIT_KEY, STATE, AppState, TenantProbe
 from airgap_proxy.tenants import TENANT_HEADER, StoredProvider
 from airgap_proxy.upstreams import Probe, UpstreamPool, UpstreamRuntime, probe_endpoint, routing

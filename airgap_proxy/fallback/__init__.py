@@ -6,8 +6,9 @@ SHA-256 of the canonical request (:mod:`.seed`), never from the clock or a
 random source. Bodies are compact JSON; streams are lists of SSE events.
 
 Modules: :mod:`.chat` and :mod:`.completions` (texts, tool calls, JSON
-output, streams), :mod:`.embeddings`, :mod:`.models`, :mod:`.ollama`
-(Ollama's native API: chat, generate, embed, model list), :mod:`.canned` (the
+output, streams), :mod:`.anthropic` (Anthropic messages, streams, token
+counts), :mod:`.embeddings`, :mod:`.models`, :mod:`.ollama` (Ollama's
+native API: chat, generate, embed, model list), :mod:`.canned` (the
 operator's replies file), :mod:`.jsonschema` (the JSON Schema engine:
 instances, patterns, formats), :mod:`.text`
 (sentences, token estimate, stop and max_tokens), :mod:`.request` (shared

@@ -7,7 +7,8 @@ random source. Bodies are compact JSON; streams are lists of SSE events.
 
 Modules: :mod:`.chat` and :mod:`.completions` (texts, tool calls, JSON
 output, streams), :mod:`.embeddings`, :mod:`.models`, :mod:`.ollama`
-(Ollama's native API: chat, generate, embed, model list), :mod:`.canned` (the
+(Ollama's native API: chat, generate, embed, model list), :mod:`.responses`
+(the Responses API: responses, calls, event streams, input tokens), :mod:`.canned` (the
 operator's replies file), :mod:`.jsonschema` (the JSON Schema engine:
 instances, patterns, formats), :mod:`.text`
 (sentences, token estimate, stop and max_tokens), :mod:`.request` (shared

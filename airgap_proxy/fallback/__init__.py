@@ -7,8 +7,9 @@ random source. Bodies are compact JSON; streams are lists of SSE events.
 
 Modules: :mod:`.chat` and :mod:`.completions` (texts, tool calls, JSON
 output, streams), :mod:`.anthropic` (Anthropic messages, streams, token
-counts), :mod:`.embeddings`, :mod:`.models`, :mod:`.ollama` (Ollama's
-native API: chat, generate, embed, model list), :mod:`.canned` (the
+counts), :mod:`.responses` (OpenAI Responses API bodies, event streams,
+input token counts), :mod:`.embeddings`, :mod:`.models`, :mod:`.ollama`
+(Ollama's native API: chat, generate, embed, model list), :mod:`.canned` (the
 operator's replies file), :mod:`.jsonschema` (the JSON Schema engine:
 instances, patterns, formats), :mod:`.text`
 (sentences, token estimate, stop and max_tokens), :mod:`.request` (shared

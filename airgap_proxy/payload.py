@@ -69,7 +69,22 @@ def parse_payload(endpoint: str, method: str, body: bytes) -> Payload:
     """
     required = REQUIRED_FIELDS.get(endpoint) if method == "POST" else None
     if required is None:
-        return _optional_payload(body)
+        return optional_payload(body)
+    data = json_object(body)
+    require(data, required)
+    if required == "messages":
+        require_messages(data)
+    return model_and_stream(data)
+
+
+def require_messages(data: dict[str, Any]) -> None:
+    """``InvalidRequest`` unless ``messages`` is a non-empty array."""
+    if not isinstance(data.get("messages"), list) or not data["messages"]:
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or ``InvalidRequest`` saying why it is not one."""
     if not body:
         raise InvalidRequest("The request body is empty; expected a JSON object")
     try:
@@ -82,11 +97,18 @@ def parse_payload(endpoint: str, method: str, body: bytes) -> Payload:
         raise InvalidRequest("The request body must be a JSON object")
     if nests_deeper(body, data):
         raise _too_deep()
-    if required not in data or data[required] is None:
-        raise InvalidRequest(f"Missing required parameter: '{required}'", param=required)
-    if required == "messages" and (not isinstance(data["messages"], list) or not data["messages"]):
-        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
-    return Payload(model=_model(data), stream=_stream(data), data=data)
+    return data
+
+
+def require(data: dict[str, Any], field: str) -> None:
+    """``InvalidRequest`` unless ``field`` is present and not null."""
+    if data.get(field) is None:
+        raise InvalidRequest(f"Missing required parameter: '{field}'", param=field)
+
+
+def model_and_stream(data: dict[str, Any]) -> Payload:
+    """The payload of a JSON object body whose ``model`` and ``stream`` must be well typed."""
+    return Payload(model=model_of(data), stream=_stream(data), data=data)
 
 
 def loads(body: bytes) -> Any:
@@ -125,7 +147,8 @@ def _too_deep() -> InvalidRequest:
     return InvalidRequest(f"The request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
 
 
-def _optional_payload(body: bytes) -> Payload:
+def optional_payload(body: bytes) -> Payload:
+    """The payload of a body passed through: its model and stream flag if it is a JSON object."""
     if not body:
         return Payload(model=None, stream=False, data=None)
     try:
@@ -143,7 +166,8 @@ def _optional_payload(body: bytes) -> Payload:
     return Payload(model=model if isinstance(model, str) else None, stream=stream is True, data=data)
 
 
-def _model(data: dict[str, Any]) -> str | None:
+def model_of(data: dict[str, Any]) -> str | None:
+    """The body's ``model``: a string, or None when absent."""
     model = data.get("model")
     if model is None:
         return None
@@ -175,9 +199,14 @@ def body_to_send(endpoint: str, payload: Payload, body: bytes, model: str | None
     fills in a missing one only on an endpoint that takes a model: any other
     body is passed byte for byte, routing hints aside.
     """
+    return with_model(payload, body, model, takes_model=endpoint in REQUIRED_FIELDS)
+
+
+def with_model(payload: Payload, body: bytes, model: str | None, *, takes_model: bool) -> bytes:
+    """``body`` itself, or re-serialised with ``model`` (a body that names one, or ``takes_model``) and no hints."""
     if payload.data is None:
         return body
-    takes_model = payload.model is not None or endpoint in REQUIRED_FIELDS
+    takes_model = takes_model or payload.model is not None
     new_model = model if takes_model and model is not None and model != payload.model else None
     if new_model is None and not any(key in ROUTING_HINTS for key in payload.data):
         return body

@@ -190,6 +190,13 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class OllamaConfig:
+    """The Ollama surface: whether model-management paths (create, copy, delete, blobs) are proxied."""
+
+    allow_management: bool = False
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     token: str | None = field(default=None, repr=False)
     token_env: str = ENV_ADMIN_TOKEN
@@ -229,6 +236,7 @@ class Config:
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
     tenants: TenantsConfig = field(default_factory=TenantsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    ollama: OllamaConfig = field(default_factory=OllamaConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -290,6 +298,7 @@ class Config:
             },
             "clients": [{"name": c.name, "key_hash": REDACTED, "tenant": c.tenant} for c in self.clients],
             "admin": {"enabled": self.admin.token is not None, "token": REDACTED if self.admin.token else None},
+            "ollama": {"allow_management": self.ollama.allow_management},
             "secret_key": REDACTED if self.secret_key else None,
             "previous_secret_keys": [REDACTED for _ in self.previous_secret_keys],
             "limits": {
@@ -397,6 +406,7 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
     tenants, secret, previous_secrets = _parse_tenants(root.section("tenants"), env, read_file)
     clients = _parse_clients(root)
     admin = _parse_admin(root.section("admin"), env, read_file)
+    ollama = _parse_ollama(root.section("ollama"))
     limits = _parse_limits(root.section("limits"))
     timeouts = _parse_timeouts(root.section("timeouts"))
     logging_config = _parse_logging(root.section("logging"))
@@ -411,6 +421,7 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
         fallback=fallback_config,
         tenants=tenants,
         admin=admin,
+        ollama=ollama,
         limits=limits,
         timeouts=timeouts,
         logging=logging_config,
@@ -831,6 +842,12 @@ def _bounded(section: _Section, key: str, default: int, least: int, most: int) -
     if not least <= value <= most:
         raise ConfigError(section.key_path(key), f"must be between {least} and {most}, got {value}")
     return int(value)
+
+
+def _parse_ollama(section: _Section) -> OllamaConfig:
+    allow = section.get("allow_management", bool, False)
+    section.finish()
+    return OllamaConfig(allow_management=allow)
 
 
 def _parse_admin(section: _Section, env: Mapping[str, str], read_file: ReadFile) -> AdminConfig:

@@ -1098,3 +1098,12 @@ def test_deny_hosts_may_use_inner_wildcards() -> None:
 def test_kubernetes_service_link_port_is_not_ours() -> None:
     config = parse_config({"listen": {"port": 9000}}, {"AIRGAP_PROXY_PORT": "tcp://10.96.0.12:8080"}, no_files)
     assert config.listen.port == 9000
+
+
+def test_ollama_management_is_off_unless_allowed() -> None:
+    assert parse().ollama.allow_management is False
+    assert parse({"ollama": {"allow_management": True}}).ollama.allow_management is True
+    assert parse({"ollama": {"allow_management": True}}).redacted()["ollama"] == {"allow_management": True}
+    error = parse_error({"ollama": {"allow_management": "yes"}})
+    assert error.path == "ollama.allow_management"
+    assert parse_error({"ollama": {"pull": True}}).path == "ollama.pull"

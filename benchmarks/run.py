@@ -38,8 +38,8 @@ from benchmarks.scenarios import Settings, Target
 from benchmarks.servers import Fleet, Server
 
 TARGETS = ("direct", "airgap-proxy", "passthrough", "nginx", "litellm")
-OTHERS = {"fallback": scenarios.fallback, "workers": scenarios.workers}
-SCENARIOS = (*scenarios.SUITE, "fallback", "classifier", "workers")
+OTHERS = {"fallback": scenarios.fallback, "surfaces": scenarios.surfaces, "workers": scenarios.workers}
+SCENARIOS = (*scenarios.SUITE, "fallback", "surfaces", "classifier", "workers")
 
 
 def parse_args() -> argparse.Namespace:
@@ -156,7 +156,7 @@ def run_suite(
 
 
 def run_others(fleet: Fleet, settings: Settings, only: list[str], started: float, rows: list[Row]) -> None:
-    for key in ("fallback", "classifier", "workers"):
+    for key in ("fallback", "surfaces", "classifier", "workers"):
         if key not in only:
             continue
         log(started, key)

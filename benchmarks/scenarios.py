@@ -200,6 +200,56 @@ def fallback(fleet: Fleet, s: Settings) -> list[Row]:
         fleet.stop(proxy)
 
 
+# Each surface's smallest request: (row title, path, body). The instrument answers any POST alike,
+# so the rows compare what the proxy does per surface (parse, route, relay), not the upstream.
+SURFACE_CASES = (
+    ("chat completions", CHAT_PATH, CHAT_BODY),
+    (
+        "anthropic messages",
+        "/v1/messages",
+        '{"model":"bench","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}',
+    ),
+    ("responses", "/v1/responses", '{"model":"bench","input":"Say hello."}'),
+    (
+        "ollama /api/chat",
+        "/api/chat",
+        '{"model":"bench","stream":false,"messages":[{"role":"user","content":"Say hello."}]}',
+    ),
+)
+
+
+def surfaces(fleet: Fleet, s: Settings) -> list[Row]:
+    """Each API surface at c=64, through an upstream that speaks all four, then from the fallback."""
+    rows: list[Row] = []
+    upstream = fleet.instrument()
+    try:
+        proxy = fleet.airgap_proxy(upstream, provider_type="local-ollama")
+        try:
+            rows += _surface_rows(Target("airgap-proxy", proxy), s, "pass-through")
+        finally:
+            fleet.stop(proxy)
+    finally:
+        fleet.stop(upstream)
+    proxy = fleet.airgap_proxy(None)
+    try:
+        rows += _surface_rows(Target("airgap-proxy, no upstream", proxy), s, "fallback")
+    finally:
+        fleet.stop(proxy)
+    return rows
+
+
+def _surface_rows(target: Target, s: Settings, kind: str) -> list[Row]:
+    warm_up(target, s)
+    rows = []
+    for title, path, body in SURFACE_CASES:
+        url = target.server.url + path
+        try:
+            rows.append(measured_row(f"{kind} {title} c=64", target, functools.partial(wrk, url, 64, s.seconds, body)))
+        except Exception as exc:
+            rows.append(Row(f"{kind} {title} c=64", target.name, error=str(exc)))
+    return rows
+
+
 CLASSIFIER_NAMES = {
     "vllm.internal": "10.0.0.5",
     "gpu-box.lan": "192.168.1.20",

@@ -166,12 +166,15 @@ class Fleet:
         cpus: str | None = PROXY_CPU,
         workers: int | None = None,
         limits: Mapping[str, int] | None = None,
+        provider_type: str | None = None,
     ) -> Server:
         """``python -m airgap_proxy serve``; the JSON audit log (stderr) goes to the log file."""
         port = free_port()
         extra = {"AIRGAP_PROXY_HOST": "127.0.0.1", "AIRGAP_PROXY_PORT": str(port)}
         if upstream is not None:
             extra["LLM_BASE_URL"] = f"{upstream.url}/v1"
+        if provider_type is not None:
+            extra["LLM_PROVIDER_TYPE"] = provider_type  # local-ollama speaks every surface
         argv = [sys.executable, "-m", "airgap_proxy", "serve"]
         if workers is not None:
             argv += ["--workers", str(workers)]

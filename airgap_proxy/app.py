@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from airgap_proxy import reload
-from airgap_proxy.api import admin, health, openai, status, unknown
+from airgap_proxy.api import admin, health, ollama, openai, status, unknown
 from airgap_proxy.config import Config
 from airgap_proxy.metrics import METRICS, Metrics, metrics_endpoint
 from airgap_proxy.middleware import expect_handler, request_middleware
@@ -55,6 +55,7 @@ def create_app(
     app.router.add_get("/api/v1/llm/status", status.llm_status, expect_handler=expect_handler)
     admin.add_routes(app, expect_handler)
     app.router.add_route("*", "/v1/{tail:.*}", openai.proxy_v1, expect_handler=expect_handler)
+    ollama.add_routes(app, expect_handler)
     app.router.add_route("*", unknown.CATCH_ALL, unknown.unknown_route, expect_handler=expect_handler)
     return app
 

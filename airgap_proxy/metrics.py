@@ -26,7 +26,18 @@ from airgap_proxy.upstreams import UpstreamPool
 from airgap_proxy.upstreams.health import HealthStatus
 
 PREFIX = "airgap_proxy"
-V1_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
+V1_ROUTES = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+        "/v1/responses/input_tokens",
+    }
+)
 OTHER_V1_ROUTE = "/v1/other"
 CATCH_ALL = "/{tail:.*}"  # the last route: unknown paths (api/unknown.py)
 CATCH_ALL_CANONICAL = "/{tail}"
@@ -41,7 +52,15 @@ FALLBACK_KINDS = {
     ("/v1/completions", True): "completion_stream",
     ("/v1/embeddings", False): "embeddings",
     ("/v1/models", False): "models",
+    ("/v1/messages", False): "message",
+    ("/v1/messages", True): "message_stream",
+    ("/v1/messages/count_tokens", False): "count_tokens",
+    ("/v1/responses", False): "response",
+    ("/v1/responses", True): "response_stream",
+    ("/v1/responses/input_tokens", False): "input_tokens",
 }
+NO_API = "none"
+_NEVER_STREAMED = frozenset({"/v1/embeddings", "/v1/messages/count_tokens", "/v1/responses/input_tokens"})
 # Seconds: from a fast local embedding to a long generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -149,8 +168,8 @@ class _RequestMetrics(Collector):
     def __init__(self) -> None:
         self.requests = _Counter(
             f"{PREFIX}_requests",
-            "Requests answered, by route, upstream, HTTP status and decision.",
-            ["route", "upstream", "status", "decision"],
+            "Requests answered, by route, upstream, HTTP status, decision and API surface.",
+            ["route", "upstream", "status", "decision", "api"],
         )
         self.request_duration = _Histogram(
             f"{PREFIX}_request_duration_seconds",
@@ -223,12 +242,12 @@ class Metrics:
         m = self._per_request
         upstream = upstream_label(audit.upstream)
         decision = audit.decision
-        m.requests.inc((route, upstream, str(audit.status), decision.value))
+        m.requests.inc((route, upstream, str(audit.status), decision.value, audit.api or NO_API))
         m.request_duration.observe((route,), duration_s)
         if decision is Action.BLOCK or decision is Action.WOULD_BLOCK:
             m.violations.inc((audit.rule or "unknown", decision.value))
         elif decision is Action.FALLBACK:
-            kind = FALLBACK_KINDS.get((route, audit.stream and route != "/v1/embeddings"))
+            kind = FALLBACK_KINDS.get((route, audit.stream and route not in _NEVER_STREAMED))
             if kind is not None:
                 m.fallbacks.inc((kind,))
         if audit.error_code is not None:

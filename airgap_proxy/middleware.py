@@ -96,6 +96,11 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     return response
 
 
+def is_model_traffic(path: str) -> bool:
+    """Is this a request for a model (``/v1/...``, Ollama's ``/api/...``), which ``limits.max_in_flight`` caps?"""
+    return path.startswith("/v1/") or (path.startswith("/api/") and not path.startswith("/api/v1/"))
+
+
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -106,7 +111,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     generation = state.generation
     request[GENERATION_KEY] = generation
     generation.enter()
-    limited = request.path.startswith("/v1/")
+    limited = is_model_traffic(request.path)
     admitted = False
     hang_up = False
     try:

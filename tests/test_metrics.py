@@ -45,7 +45,15 @@ async def test_forwarded_requests_latency_tokens_and_upstream_gauges(
     samples = await scrape(client)
     route = "/v1/chat/completions"
     assert (
-        value(samples, "airgap_proxy_requests_total", route=route, upstream="default", status="200", decision="forward")
+        value(
+            samples,
+            "airgap_proxy_requests_total",
+            route=route,
+            upstream="default",
+            status="200",
+            decision="forward",
+            api="openai",
+        )
         == 3
     )
     assert value(samples, "airgap_proxy_request_duration_seconds_count", route=route) == 3
@@ -105,7 +113,13 @@ async def test_fallback_responses_by_kind(aiohttp_client: Any) -> None:
         assert value(samples, "airgap_proxy_fallback_responses_total", kind=kind) == 1, kind
     assert (
         value(
-            samples, "airgap_proxy_requests_total", route="/v1/models", upstream="none", status="200", decision="none"
+            samples,
+            "airgap_proxy_requests_total",
+            route="/v1/models",
+            upstream="none",
+            status="200",
+            decision="none",
+            api="openai",
         )
         == 1
     )
@@ -143,6 +157,7 @@ async def test_labels_stay_bounded(aiohttp_client: Any, aiohttp_server: Any, tmp
             upstream="tenant",
             status="200",
             decision="forward",
+            api="openai",
         )
         == 1
     )

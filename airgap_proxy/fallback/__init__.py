@@ -1,4 +1,4 @@
-"""The deterministic fallback: OpenAI-shaped answers when no local model is healthy (pure).
+"""The deterministic fallback: answers in each surface's shape when no local model is healthy (pure).
 
 Same request body and model -> identical response bytes, across calls,
 processes and machines: every id, timestamp, text and value derives from a

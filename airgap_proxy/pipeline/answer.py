@@ -81,7 +81,9 @@ async def respond(ex: Exchange, cause: str | None) -> web.StreamResponse:
     name = ex.model or DEFAULT_FALLBACK_MODEL
     audit.model = name
     config = ex.gen.config.fallback
-    make = ex.surface.fallback(ex.endpoint, ex.payload, name, FallbackInputs(ex.gen.canned, config.limits))
+    make = ex.surface.fallback(
+        ex.endpoint, ex.payload, name, FallbackInputs(ex.gen.canned, config.limits, tuple(model_ids(ex.gen)))
+    )
     events = await asyncio.get_running_loop().run_in_executor(ex.request.app[EXECUTOR], _within_limits, make, config)
     if ex.surface.streams(ex.endpoint, ex.payload):
         return await _stream(ex, events)

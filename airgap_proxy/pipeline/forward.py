@@ -93,7 +93,10 @@ async def _attempt(
         raise
     try:
         pool.observe(name, upstream.status not in UNHEALTHY_STATUSES, f"HTTP {upstream.status}")
-        if not last and (upstream.status >= 500 or is_redirect(upstream.status)):
+        status = upstream.status
+        if not last and (
+            status >= 500 or is_redirect(status) or ex.surface.passes_on(ex.endpoint, ex.request.method, status)
+        ):
             return None  # a redirect is never followed: the next candidate may answer
         return await relay(ex, upstream)
     finally:

@@ -51,12 +51,13 @@ async def handle(request: web.Request, surface: Surface, endpoint: str) -> web.S
     audit.waited_s += time.perf_counter() - waiting
     parsed = surface.parse(endpoint, request.method, body, request.headers.get("Content-Type", ""))
     audit.stream = parsed.stream
-    model = routing.requested_model(parsed.model, config.default_model)
+    by_model = surface.routes_by_model(endpoint, request.method)
+    model = routing.requested_model(parsed.model, config.default_model) if by_model else None
     forced = request.headers.get(MODE_HEADER, "").lower() == "deterministic"
     provider = None if forced else await request.app[STATE].tenant_provider(identity.tenant)
     tenant = None
     if provider is not None:
-        model = routing.requested_model(parsed.model, provider.model)
+        model = routing.requested_model(parsed.model, provider.model) if by_model else None
         tenant = Tenant(
             tenants.upstream_name(provider.tenant), model, tenants.request_time_decision(provider, config.rules)
         )

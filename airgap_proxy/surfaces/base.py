@@ -37,6 +37,8 @@ class FallbackInputs:
 
     canned: Canned
     caps: Limits
+    # Every model name the proxy answers for (what a model list shows).
+    model_ids: tuple[str, ...] = ()
 
 
 class Surface:
@@ -73,9 +75,13 @@ class Surface:
         """The bytes to forward for ``model``: the client's own unless something must change."""
         raise NotImplementedError
 
-    def wants_model(self, endpoint: str, method: str) -> bool:
-        """Does a missing or ``default`` model become the configured default on this endpoint?"""
+    def routes_by_model(self, endpoint: str, method: str) -> bool:
+        """Is this request routed by its model (else to every upstream that speaks the surface)?"""
         return True
+
+    def passes_on(self, endpoint: str, method: str, status: int) -> bool:
+        """Should an answer with ``status`` pass the request on to the next candidate?"""
+        return False
 
     def answers_locally(self, endpoint: str, method: str) -> bool:
         """Does the proxy answer this request itself (a model list), without any upstream?"""

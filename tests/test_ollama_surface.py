@@ -7,7 +7,9 @@ at the root of its ``base_url`` (without ``/v1``) and records what it got.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,7 @@ from aiohttp import ClientSession, web
 from structlog.testing import capture_logs
 
 from airgap_proxy.app import create_app
-from tests.conftest import make_config
+from tests.conftest import ThreadedServers, make_config
 from tests.fakes import Received
 
 KEY = "sk-ollama-upstream-5"
@@ -29,6 +31,9 @@ WORDS = ("Hello", " from", " ollama")
 class FakeOllama:
     received: list[Received] = field(default_factory=list)
     die_after: int | None = None
+    words: tuple[str, ...] = WORDS
+    pace_s: float = 0.0
+    sent_at: list[float] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -51,11 +56,14 @@ class FakeOllama:
                 return web.json_response(self.line(data["model"], "".join(WORDS), chat, done=True))
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
             await response.prepare(request)
-            for index, word in enumerate(WORDS):
+            for index, word in enumerate(self.words):
                 if self.die_after is not None and index == self.die_after:
                     assert request.transport is not None
                     request.transport.close()
                     return response
+                if index and self.pace_s:
+                    await asyncio.sleep(self.pace_s)
+                self.sent_at.append(time.monotonic())
                 await response.write(json.dumps(self.line(data["model"], word, chat, done=False)).encode() + b"\n")
                 await asyncio.sleep(0)
             await response.write(json.dumps(self.line(data["model"], "", chat, done=True)).encode() + b"\n")
@@ -142,6 +150,12 @@ async def test_generate_embed_tags_and_version_are_forwarded(
         assert version == {"version": "0.14.1"}
         root = await session.get(client.make_url("/"))
         assert root.status == 200 and await root.text() == "Ollama is running"
+        raw = b'{"model": "qwen2.5:7b", "prompt": "hi", "stream": false, "tools": [], "options": {"seed": 1}}'
+        headers = {"Authorization": "Bearer client-key-9", "Content-Type": "application/json"}
+        assert (await session.post(client.make_url("/api/generate"), data=raw, headers=headers)).status == 200
+    last = fake.calls("/api/generate")[-1]
+    assert last.body == raw  # the client's bytes, untouched
+    assert last.headers["Authorization"] == f"Bearer {KEY}"
 
 
 async def test_the_fallback_answers_when_ollama_is_down(aiohttp_client: Any, unused_tcp_port: int, sdk: Any) -> None:
@@ -253,3 +267,28 @@ async def test_a_stream_that_dies_midway_ends_with_an_error_line(
     with pytest.raises(ollama.ResponseError):
         async for _ in await sdk(client).chat(model="qwen2.5:7b", messages=MESSAGES, stream=True):
             pass
+
+
+async def test_each_ndjson_line_arrives_within_50ms(aiohttp_server: Any, aiohttp_client: Any, sdk: Any) -> None:
+    """Five lines 200 ms apart: each reaches the ollama client within 50 ms of being sent."""
+    fake = FakeOllama(words=("a", "b", "c", "d", "e"), pace_s=0.2)
+    client = await start(aiohttp_server, aiohttp_client, fake)
+    received_at: list[float] = []
+    async for part in await sdk(client).chat(model="qwen2.5:7b", messages=MESSAGES, stream=True):
+        if not part.done:
+            received_at.append(time.monotonic())
+    assert len(received_at) == 5
+    lags = [got - sent for sent, got in zip(fake.sent_at, received_at, strict=True)]
+    assert max(lags) < 0.05, lags
+    assert min(b - a for a, b in itertools.pairwise(received_at)) > 0.15  # never coalesced
+
+
+def test_the_sync_client_works_too(threaded: ThreadedServers) -> None:
+    fake = FakeOllama()
+    port = threaded.start(fake.app())
+    upstream = {"name": "ollama", "base_url": f"http://127.0.0.1:{port}/v1", "provider_type": "local-ollama"}
+    with ollama.Client(host=threaded.start_proxy(make_config({"upstreams": [upstream]}))) as api:
+        assert api.chat(model="qwen2.5:7b", messages=MESSAGES, stream=False).message.content == "".join(WORDS)
+        parts = api.chat(model="qwen2.5:7b", messages=MESSAGES, stream=True)
+        assert "".join(p.message.content or "" for p in parts) == "".join(WORDS)
+        assert [m.model for m in api.list().models] == ["qwen2.5:7b"]

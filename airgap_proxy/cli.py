@@ -19,7 +19,7 @@ import yaml
 
 from airgap_proxy import __version__, crypto, policy, workers
 from airgap_proxy.config import ENV_CONFIG, ENV_SECRET_KEY, Config, ConfigError, load_config, parse_workers
-from airgap_proxy.egress import EgressClient, system_resolve
+from airgap_proxy.egress import EgressClient, guard, system_resolve
 from airgap_proxy.errors import ProxyError, UpstreamError
 from airgap_proxy.server import run
 from airgap_proxy.tenant_store import StoreError, TenantStore
@@ -98,6 +98,8 @@ def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     (:mod:`airgap_proxy.workers`), once the configuration has loaded.
     """
     config = load_config(args.config, env)
+    # First, before anything serves: from here on no connection leaves but through the egress client.
+    guard.install(config.rules, enforce=config.airgapped)
     count = workers.worker_count(config.workers if args.workers is None else parse_workers("--workers", args.workers))
     try:
         if count > 1:

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from airgap_proxy.audit import Action, Audit
+from airgap_proxy.egress import guard
 from airgap_proxy.tenants import UPSTREAM_PREFIX
 from airgap_proxy.upstreams import UpstreamPool
 from airgap_proxy.upstreams.health import HealthStatus
@@ -117,6 +118,21 @@ class _UpstreamCollector(Collector):
         yield health
         yield permitted
         yield in_flight
+
+
+class _GuardCollector(Collector):
+    """Stray connection attempts the self-egress guard saw (:mod:`airgap_proxy.egress.guard`)."""
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            f"{PREFIX}_self_egress_attempts",
+            "Connections the proxy's own process tried outside the egress path, by action.",
+            labels=["action"],
+        )
+        refused, reported = guard.counts()
+        family.add_metric(["block"], float(refused))
+        family.add_metric(["would_block"], float(reported))
+        yield family
 
 
 class _Counter:
@@ -235,6 +251,7 @@ class Metrics:
             f"{PREFIX}_config_reloads", "Configuration reloads, by result (ok, error).", ["result"], registry=registry
         )
         registry.register(_UpstreamCollector(pool))
+        registry.register(_GuardCollector())
         ProcessCollector(registry=registry)
 
     def observe(self, audit: Audit, route: str, duration_s: float) -> None:

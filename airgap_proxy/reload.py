@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractResolver
 
 from airgap_proxy import crypto, policy
 from airgap_proxy.config import Config, ConfigError
-from airgap_proxy.egress import EgressClient
+from airgap_proxy.egress import EgressClient, guard
 from airgap_proxy.logs import get_logger
 from airgap_proxy.state import STATE, AppState, Generation
 from airgap_proxy.upstreams import UpstreamPool, probe_loop
@@ -145,6 +145,7 @@ async def reload_app(app: web.Application) -> Reloaded:
         new = build(config, app.get(RESOLVER), old.number + 1, old.pool)
         await start(new)
         state.generation = new
+        guard.update(config.rules, enforce=config.airgapped)
         await stop_probes(old)
         loop = asyncio.get_running_loop()
         state.retiring = loop.create_task(close_when_idle(old, state.retiring))

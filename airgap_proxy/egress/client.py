@@ -30,6 +30,7 @@ from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from airgap_proxy import policy
+from airgap_proxy.egress import guard
 from airgap_proxy.egress.http1 import Http1Connection, Http1Pool, Origin, UpstreamResponse
 from airgap_proxy.errors import AirgapViolation, UpstreamConnectTimeout, UpstreamError, UpstreamTimeout
 from airgap_proxy.policy.targets import IPAddress, Target
@@ -200,7 +201,8 @@ class EgressClient:
             conn: Http1Connection | None = None
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
-                    await loop.sock_connect(sock, (host, port))
+                    with guard.through_egress():  # checked above: the self-egress guard lets it pass
+                        await loop.sock_connect(sock, (host, port))
                     _, conn = await loop.create_connection(
                         lambda: Http1Connection(loop, origin, pool),
                         sock=sock,

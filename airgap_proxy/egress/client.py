@@ -90,6 +90,7 @@ class PolicyResolver(AbstractResolver):
         """The answer and the policy's decision on it (not local only in report-only mode)."""
         name = host.rstrip(".").lower()
         denied = policy.deny_host_match(name, self._rules)
+        refused_name: policy.Decision | None = None
         if denied is not None:
             # Refuse before asking DNS: even the lookup of a hosted API would leak.
             decision = policy.Decision(
@@ -101,6 +102,7 @@ class PolicyResolver(AbstractResolver):
             if self._enforce:
                 raise EgressRefused(decision)
             self._on_would_block(decision)
+            refused_name = decision
         try:
             results = await self._inner.resolve(host, port, family)
         except OSError as exc:
@@ -112,6 +114,11 @@ class PolicyResolver(AbstractResolver):
             if self._enforce:
                 raise EgressRefused(decision)
             self._on_would_block(decision)
+        if refused_name is not None:
+            # Report-only: the name itself is what the policy refuses, whatever it resolved to.
+            return results, policy.Decision(
+                refused_name.verdict, refused_name.reason, refused_name.rule, name, decision.addresses
+            )
         return results, decision
 
     async def close(self) -> None:

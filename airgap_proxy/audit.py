@@ -36,6 +36,9 @@ class Audit:
     tenant: str | None = None
     model: str | None = None
     upstream: str | None = None
+    # The host the policy judged and the addresses it saw (when it resolved or was given any).
+    host: str | None = None
+    addresses: tuple[str, ...] = ()
     decision: Action = Action.NONE
     verdict: str | None = None
     reason: str | None = None
@@ -66,6 +69,7 @@ class Audit:
             self.verdict, self.reason, self.rule = "local", REASON_AT_CONNECT, None
             return
         self.verdict, self.reason, self.rule = decision.verdict.value, decision.reason, decision.rule.value
+        self.host, self.addresses = decision.host or None, decision.addresses
         self.decision = Action.FORWARD if decision.is_local else Action.WOULD_BLOCK
 
     def record_connect(self, decision: Decision | None) -> None:
@@ -78,6 +82,7 @@ class Audit:
         if decision is None or (decision.is_local and self.rule is not None):
             return
         self.verdict, self.reason, self.rule = decision.verdict.value, decision.reason, decision.rule.value
+        self.host, self.addresses = decision.host or None, decision.addresses
         if not decision.is_local:
             self.decision = Action.WOULD_BLOCK
 
@@ -88,6 +93,8 @@ class Audit:
         self.verdict = decision.verdict.value if decision else "external"
         self.reason = reason
         self.rule = decision.rule.value if decision else None
+        if decision is not None:
+            self.host, self.addresses = decision.host or None, decision.addresses
 
     def overhead(self, now: float) -> str:
         """Milliseconds spent inside the proxy until ``now``, waits excluded; recorded for the log."""
@@ -104,6 +111,8 @@ class Audit:
             "tenant": self.tenant,
             "model": self.model,
             "upstream": self.upstream,
+            "host": self.host,
+            "addresses": list(self.addresses),
             "decision": self.decision.value,
             "verdict": self.verdict,
             "reason": self.reason,

@@ -1,4 +1,4 @@
-"""Command line: ``serve``, ``classify``, ``check-config``, ``status`` and ``rotate-keys``.
+"""Command line: ``serve``, ``classify``, ``check-config``, ``status``, ``rotate-keys``, ``env`` and ``suggest-policy``.
 
 Exit status: 0 success (every URL / upstream local), 1 a target is not local
 (or the server could not start, or a tenant key could not be re-encrypted),
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from airgap_proxy import __version__, crypto, policy, workers
+from airgap_proxy import __version__, client_env, crypto, policy, suggest_policy, workers
 from airgap_proxy.config import ENV_CONFIG, ENV_SECRET_KEY, Config, ConfigError, load_config, parse_workers
 from airgap_proxy.egress import EgressClient, guard, system_resolve
 from airgap_proxy.errors import ProxyError, UpstreamError
@@ -62,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="YAML config file (default: $AIRGAP_PROXY_CONFIG)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    env = sub.add_parser("env", help="print the variables that point an agent client at the proxy")
+    env.add_argument("--client", required=True, choices=sorted(client_env.CLIENTS), help="the agent client")
+    env.add_argument(
+        "--proxy-url", default="http://127.0.0.1:8080", help="the proxy as the client reaches it (default: %(default)s)"
+    )
+    env.add_argument("--format", choices=client_env.FORMATS, default="shell", help="output format (default: shell)")
+    env.add_argument(
+        "--no-forward-proxy", action="store_true", help="leave out HTTPS_PROXY/HTTP_PROXY/NO_PROXY (the backstop)"
+    )
+
+    suggest = sub.add_parser(
+        "suggest-policy", help="from a report-only run's audit log, the allow_networks that would keep it working"
+    )
+    suggest.add_argument("logfile", help="the proxy's log (JSON lines; '-' for stdin)")
+    suggest.add_argument("--config", help="the config whose policy is extended (default: $AIRGAP_PROXY_CONFIG)")
+
     rotate = sub.add_parser(
         "rotate-keys", help="re-encrypt every tenant API key with the current secret key (AIRGAP_PROXY_SECRET_KEY)"
     )
@@ -85,10 +101,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args)
         if args.command == "rotate-keys":
             return _rotate_keys(args, env)
+        if args.command == "env":
+            return _env(args)
+        if args.command == "suggest-policy":
+            return _suggest_policy(args, env)
         return _check_config(args, env)
     except ConfigError as exc:
         print(f"airgap-proxy: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _env(args: argparse.Namespace) -> int:
+    """Print the variables for one agent client, in the chosen format."""
+    try:
+        pairs = client_env.variables(args.client, args.proxy_url, forward_proxy=not args.no_forward_proxy)
+    except ValueError as exc:
+        print(f"airgap-proxy: --proxy-url: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(client_env.render(pairs, args.format))
+    return EXIT_OK
+
+
+def _suggest_policy(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Read a report-only run's audit log and print the policy that would keep its local destinations working."""
+    config = load_config(args.config, env) if args.config or env.get(ENV_CONFIG) else Config()
+    try:
+        if args.logfile == "-":
+            events = suggest_policy.read_events(sys.stdin)
+        else:
+            with open(args.logfile, encoding="utf-8", errors="replace") as log:
+                events = suggest_policy.read_events(log)
+    except OSError as exc:
+        print(f"airgap-proxy: cannot read {args.logfile}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    suggestion = suggest_policy.suggest(events, config.rules)
+    sys.stdout.write(suggest_policy.render(suggestion, config.rules))
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:

@@ -188,7 +188,7 @@ def test_changelog_keeps_unreleased_on_top() -> None:
 # --------------------------------------------------------------------------- #
 
 CLI = "import sys; from airgap_proxy.cli import main; sys.argv[0] = 'airgap-proxy'; sys.exit(main())"
-TESTED_SUBCOMMANDS = ("classify", "check-config")
+TESTED_SUBCOMMANDS = ("classify", "check-config", "env")
 
 
 @dataclass

@@ -106,8 +106,8 @@ def test_serve_installs_it_and_serves_through_the_egress(threaded: ThreadedServe
     try:
         wait_for_port(port, process)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10) as client:
-            chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
-            assert client.post("/v1/chat/completions", json=chat).headers["X-Airgap-Upstream"] == "local"
+            body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+            assert client.post("/v1/chat/completions", json=body).headers["X-Airgap-Upstream"] == "local"
             metrics = client.get("/metrics").text
         assert 'airgap_proxy_self_egress_attempts_total{action="block"} 0.0' in metrics
     finally:

@@ -547,6 +547,15 @@ IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png"
 DOCUMENT = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc"}}
 
 
+def test_a_system_turn_inside_messages_is_accepted() -> None:
+    """Claude Code 2.1 sends its environment notes as a ``system`` message after the user's."""
+    notes = {"role": "system", "content": [{"type": "text", "text": "# Environment\nPrimary working directory: /w"}]}
+    plain, with_notes = request(), request()
+    with_notes["messages"] = [*with_notes["messages"], notes]
+    assert text_of(answer(with_notes))
+    assert json.loads(count_tokens(with_notes))["input_tokens"] > json.loads(count_tokens(plain))["input_tokens"]
+
+
 def test_every_kind_of_content_block_is_accepted() -> None:
     data = {
         "max_tokens": 200,
@@ -616,7 +625,7 @@ def test_a_final_assistant_turn_is_accepted() -> None:
         pytest.param({"max_tokens": 5, "messages": []}, "messages", id="empty"),
         pytest.param({"max_tokens": 5, "messages": "hi"}, "messages", id="not a list"),
         pytest.param({"max_tokens": 5, "messages": ["hi"]}, "messages[0]", id="not an object"),
-        pytest.param(request() | {"messages": [{"role": "system", "content": "x"}]}, "messages[0].role", id="system"),
+        pytest.param(request() | {"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", id="tool role"),
         pytest.param(request() | {"messages": [{"content": "x"}]}, "messages[0].role", id="no role"),
         pytest.param(request() | {"messages": [{"role": "user"}]}, "messages[0].content", id="no content"),
         pytest.param(request(7), "messages[0].content", id="content a number"),

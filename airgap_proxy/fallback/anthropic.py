@@ -54,7 +54,8 @@ from airgap_proxy.fallback.seed import Seed, canonical_json, request_seed
 
 MAX_TOOLS = 512
 MAX_STOP_SEQUENCES = 1024
-ROLES = ("user", "assistant")
+# Claude Code 2.1 sends ``system`` turns inside ``messages`` (its environment notes), as the API accepts.
+ROLES = ("user", "assistant", "system")
 CUSTOM_TOOL_TYPES = (None, "custom")
 TOOL_CHOICE_TYPES = ("auto", "any", "tool", "none")
 
@@ -297,7 +298,7 @@ def _read_system(data: dict[str, Any]) -> object:
 
 
 def _read_messages(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """``messages``: a non-empty list of ``{role: user | assistant, content: string | blocks}``."""
+    """``messages``: a non-empty list of ``{role: user | assistant | system, content: string | blocks}``."""
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("Invalid value for 'messages': expected a non-empty array of messages", param="messages")
@@ -308,7 +309,7 @@ def _read_messages(data: dict[str, Any]) -> list[dict[str, Any]]:
             raise InvalidRequest(f"Invalid value for '{where}': expected an object", param=where)
         if m.get("role") not in ROLES:
             raise InvalidRequest(
-                f"Invalid value for '{where}.role': expected 'user' or 'assistant', got {m.get('role')!r}",
+                f"Invalid value for '{where}.role': expected 'user', 'assistant' or 'system', got {m.get('role')!r}",
                 param=f"{where}.role",
             )
         content = m.get("content")

@@ -215,6 +215,8 @@ SURFACE_CASES = (
         "/api/chat",
         '{"model":"bench","stream":false,"messages":[{"role":"user","content":"Say hello."}]}',
     ),
+    ("chat completions stream (20 chunks)", CHAT_PATH + "?chunks=20", stream_body()),
+    ("ollama /api/chat stream (20 chunks)", "/api/chat?chunks=20", stream_body()),
 )
 
 

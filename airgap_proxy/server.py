@@ -34,6 +34,7 @@ from aiohttp.web_request import BaseRequest
 from airgap_proxy import logs, reload
 from airgap_proxy.app import create_app
 from airgap_proxy.config import Config, ConfigError, TimeoutsConfig
+from airgap_proxy.egress import guard
 from airgap_proxy.errors import BadHttpRequest, InternalError, Overloaded, ProxyError
 from airgap_proxy.headers import ERROR_HEADER
 from airgap_proxy.state import STATE
@@ -167,6 +168,7 @@ def run(
         host=host,
         port=port,
         airgapped=config.airgapped,
+        self_egress_guard=guard.installed(),
         upstreams=[u.name for u in config.upstreams],
         config=config.source,
     )

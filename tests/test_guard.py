@@ -113,5 +113,5 @@ def test_serve_installs_it_and_serves_through_the_egress(threaded: ThreadedServe
     finally:
         process.terminate()
         out, err = process.communicate(timeout=15)
-    assert "self_egress_guard_installed" in out + err
+    assert '"self_egress_guard":true' in out + err
     assert "self_egress_refused" not in out + err

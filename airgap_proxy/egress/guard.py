@@ -66,7 +66,6 @@ def install(rules: policy.Rules, *, enforce: bool) -> None:
             return
         _installed.state = _State(rules, enforce)
         sys.addaudithook(_hook)
-    _log.info("self_egress_guard_installed", mode="enforce" if enforce else "report")
 
 
 def update(rules: policy.Rules, *, enforce: bool) -> None:

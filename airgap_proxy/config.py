@@ -36,6 +36,7 @@ ENV_WORKERS = "AIRGAP_PROXY_WORKERS"
 ENV_ADMIN_TOKEN = "AIRGAP_PROXY_ADMIN_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_SECRET_KEY = "AIRGAP_PROXY_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
 ENV_PREVIOUS_SECRET_KEYS = "AIRGAP_PROXY_PREVIOUS_SECRET_KEYS"  # noqa: S105 - a variable name, not a secret
+ENV_TENANT_DB = "AIRGAP_PROXY_TENANT_DB"
 DEFAULT_UPSTREAM_NAME = "default"
 RESERVED_UPSTREAM_NAMES = frozenset({"deterministic"})
 REDACTED = "***"
@@ -183,7 +184,7 @@ class TenantsConfig:
     store: str = field(default="tenants.db", repr=False)
     secret_key_file: str | None = None
     previous_secret_keys_file: str | None = None
-    store_url_env: str | None = None
+    store_url_env: str = ENV_TENANT_DB
     refresh_s: float = 2.0
     max_stale_s: float = 10.0
     pool_size: int = 4
@@ -919,16 +920,17 @@ def _parse_tenants(
 ) -> tuple[TenantsConfig, str | None, tuple[str, ...]]:
     """The tenant store and the secret keys that seal tenant API keys.
 
-    1. The store: the variable ``tenants.store_url_env`` names (a PostgreSQL
-       URL, for a Kubernetes Secret), else ``tenants.store`` (a SQLite path or
-       a PostgreSQL URL).
+    1. The store: the variable ``tenants.store_url_env`` names
+       (``AIRGAP_PROXY_TENANT_DB`` by default; a PostgreSQL URL, for a
+       Kubernetes Secret) when set, else ``tenants.store`` (a SQLite path or a
+       PostgreSQL URL).
     2. The current key: ``AIRGAP_PROXY_SECRET_KEY``, else ``tenants.secret_key_file``.
     3. Previous keys (decryption only, for rotation): ``AIRGAP_PROXY_PREVIOUS_SECRET_KEYS``
        (comma-separated), else ``tenants.previous_secret_keys_file`` (one per line).
     """
-    explicit_store = section.has("store")
+    explicit_store, explicit_env = section.has("store"), section.has("store_url_env")
     store = section.get("store", str, TenantsConfig.store)
-    url_env = section.get("store_url_env", str, None)
+    url_env = section.get("store_url_env", str, ENV_TENANT_DB)
     key_file = section.get("secret_key_file", str, None)
     previous_file = section.get("previous_secret_keys_file", str, None)
     refresh_s = _positive(section, "refresh_s", TenantsConfig.refresh_s)
@@ -936,7 +938,7 @@ def _parse_tenants(
     pool_size = section.get("pool_size", int, TenantsConfig.pool_size)
     timeout_s = _positive(section, "timeout_s", TenantsConfig.timeout_s)
     section.finish()
-    store = _store_location(section, store, explicit_store, url_env, env)
+    store = _store_location(section, store, (explicit_store, explicit_env), url_env, env)
     if max_stale_s <= refresh_s:
         raise ConfigError(section.key_path("max_stale_s"), f"must be more than tenants.refresh_s ({refresh_s:g})")
     if not 1 <= pool_size <= 100:
@@ -969,20 +971,23 @@ def _parse_tenants(
     return config, secret, previous
 
 
-def _store_location(section: _Section, store: str, explicit: bool, url_env: str | None, env: Mapping[str, str]) -> str:
-    """The store from ``tenants.store_url_env`` or ``tenants.store``; messages never show a password."""
-    if url_env is not None:
-        where = section.key_path("store_url_env")
-        if not _ENV_NAME_RE.match(url_env):
-            raise ConfigError(where, "must be the NAME of an environment variable")
-        if explicit:
-            raise ConfigError(where, "give tenants.store or tenants.store_url_env, not both")
-        store = env.get(url_env, "").strip()
-        if not store:
-            raise ConfigError(where, f"environment variable {url_env} is not set (it must hold a postgresql:// URL)")
-        if not database_url.is_postgres(store):
-            raise ConfigError(where, f"environment variable {url_env} must hold a postgresql:// URL")
-        return store
+def _store_location(
+    section: _Section, store: str, explicit: tuple[bool, bool], url_env: str, env: Mapping[str, str]
+) -> str:
+    """The store from the ``tenants.store_url_env`` variable or ``tenants.store``; messages never show a password."""
+    explicit_store, explicit_env = explicit
+    where = section.key_path("store_url_env")
+    if not _ENV_NAME_RE.match(url_env):
+        raise ConfigError(where, "must be the NAME of an environment variable")
+    if explicit_store and explicit_env:
+        raise ConfigError(where, "give tenants.store or tenants.store_url_env, not both")
+    value = env.get(url_env, "").strip()
+    if value:
+        if not database_url.is_postgres(value):
+            raise ConfigError(url_env if not explicit_env else where, f"{url_env} must hold a postgresql:// URL")
+        return value
+    if explicit_env:
+        raise ConfigError(where, f"environment variable {url_env} is not set (it must hold a postgresql:// URL)")
     if not store.strip():
         raise ConfigError(section.key_path("store"), "must be a file path or a postgresql:// URL")
     return store

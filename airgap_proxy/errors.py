@@ -196,3 +196,7 @@ class TenantStoreUnavailable(ProxyError):
     status = 503
     type = "server_error"
     code = "tenant_store_unavailable"
+    retry_after_s: ClassVar[str] = "2"
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message, param=param, headers={"Retry-After": self.retry_after_s, **(headers or {})})

@@ -110,11 +110,15 @@ class SharedTenantStore:
     def health(self) -> dict[str, Any]:
         """For ``/readyz`` and the status: whether tenants are served, and why not."""
         age = None if self._refreshed is None else round(self._clock() - self._refreshed, 3)
+        fresh = self._fresh()
+        reason = self._reason
+        if reason is None and not fresh:  # a poll is still waiting for the database
+            reason = f"no successful read of the database for {age:g} s (tenants.max_stale_s: {self.max_stale_s:g})"
         return {
             "backend": "postgresql",
-            "serving": self._fresh(),
-            "connected": self._reason is None,
-            "reason": self._reason,
+            "serving": fresh,
+            "connected": self._reason is None and fresh,
+            "reason": reason,
             "tenants": len(self._providers),
             "revision": self._revision,
             "last_refresh_s_ago": age,

@@ -1,4 +1,5 @@
-"""Command line: ``serve``, ``classify``, ``check-config``, ``status``, ``rotate-keys``, ``env`` and ``suggest-policy``.
+"""Command line: ``serve``, ``classify``, ``check-config``, ``status``, ``rotate-keys``, ``env``,
+``suggest-policy`` and ``tenants migrate``.
 
 Exit status: 0 success (every URL / upstream local), 1 a target is not local
 (or the server could not start, or a tenant key could not be re-encrypted),
@@ -17,12 +18,12 @@ from typing import Any
 
 import yaml
 
-from airgap_proxy import __version__, client_env, crypto, policy, suggest_policy, workers
+from airgap_proxy import __version__, client_env, crypto, database_url, policy, suggest_policy, tenant_commands, workers
 from airgap_proxy.config import ENV_CONFIG, ENV_SECRET_KEY, Config, ConfigError, load_config, parse_workers
 from airgap_proxy.egress import EgressClient, guard, system_resolve
 from airgap_proxy.errors import ProxyError, UpstreamError
 from airgap_proxy.server import run
-from airgap_proxy.tenant_store import StoreError, TenantStore
+from airgap_proxy.tenant_store import RotationReport, StoreError, TenantStore
 from airgap_proxy.upstreams import routing
 
 EXIT_OK = 0
@@ -82,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
         "rotate-keys", help="re-encrypt every tenant API key with the current secret key (AIRGAP_PROXY_SECRET_KEY)"
     )
     rotate.add_argument("--config", help="YAML config file (default: $AIRGAP_PROXY_CONFIG)")
+
+    tenants = sub.add_parser("tenants", help="manage the tenant store")
+    tenants_sub = tenants.add_subparsers(dest="tenants_command", metavar="ACTION", required=True)
+    migrate = tenants_sub.add_parser(
+        "migrate", help="copy a SQLite tenant store into a PostgreSQL one (sealed keys unchanged)"
+    )
+    migrate.add_argument("--from", dest="source", required=True, metavar="PATH", help="the SQLite tenant store")
+    migrate.add_argument(
+        "--to",
+        dest="target",
+        metavar="URL",
+        help="postgresql:// URL (default: the configured tenants.store / tenants.store_url_env, "
+        "which keeps the password off the command line)",
+    )
+    migrate.add_argument("--config", help="YAML config file (default: $AIRGAP_PROXY_CONFIG)")
+    migrate.add_argument("--overwrite", action="store_true", help="replace tenants the target already has")
     return parser
 
 
@@ -105,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _env(args)
         if args.command == "suggest-policy":
             return _suggest_policy(args, env)
+        if args.command == "tenants":
+            return _migrate(args, env)
         return _check_config(args, env)
     except ConfigError as exc:
         print(f"airgap-proxy: config error: {exc}", file=sys.stderr)
@@ -156,7 +175,7 @@ def _serve(args: argparse.Namespace, env: dict[str, str]) -> int:
             )
         return run(config, host=args.host, port=args.port, loader=lambda: load_config(args.config, env))
     except StoreError as exc:
-        print(f"airgap-proxy: {exc}", file=sys.stderr)
+        print(f"airgap-proxy: {database_url.scrub(str(exc), config.tenants.store)}", file=sys.stderr)
         return EXIT_NOT_LOCAL
 
 
@@ -176,19 +195,14 @@ def _rotate_keys(args: argparse.Namespace, env: dict[str, str]) -> int:
         return EXIT_USAGE
     keyring = crypto.Keyring.from_texts(config.secret_key, config.previous_secret_keys, os.urandom)
     assert keyring.current is not None
-    path = config.tenants.store
-    if not TenantStore.exists(path):
-        print(f"tenant store {path} does not exist: nothing to re-encrypt")
-        return EXIT_OK
-    store = TenantStore(path)
     try:
-        store.open()
-        report = store.rotate(keyring)
+        report = _rotate(config, keyring)
     except StoreError as exc:
-        print(f"airgap-proxy: {exc}", file=sys.stderr)
+        print(f"airgap-proxy: {database_url.scrub(str(exc), config.tenants.store)}", file=sys.stderr)
         return EXIT_NOT_LOCAL
-    finally:
-        store.close()
+    if report is None:
+        print(f"tenant store {config.tenants.store} does not exist: nothing to re-encrypt")
+        return EXIT_OK
     print(
         f"re-encrypted {report.resealed} tenant API key(s) with secret key id {keyring.current.key_id}; "
         f"{report.current} already current, {report.without_key} without a key, {len(report.failed)} failed"
@@ -196,6 +210,45 @@ def _rotate_keys(args: argparse.Namespace, env: dict[str, str]) -> int:
     for tenant, why in report.failed:
         print(f"airgap-proxy: tenant {tenant}: {why}", file=sys.stderr)
     return EXIT_OK if not report.failed else EXIT_NOT_LOCAL
+
+
+def _rotate(config: Config, keyring: crypto.Keyring) -> RotationReport | None:
+    """Rotate in PostgreSQL or in the SQLite file (None: there is no file)."""
+    if config.tenants.is_postgres:
+        return asyncio.run(tenant_commands.rotate(config.tenants, keyring))
+    path = config.tenants.store
+    if not TenantStore.exists(path):
+        return None
+    store = TenantStore(path)
+    try:
+        store.open()
+        return store.rotate(keyring)
+    finally:
+        store.close()
+
+
+def _migrate(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """``tenants migrate``: copy a SQLite store into PostgreSQL; print counts, never keys or passwords."""
+    config = load_config(args.config, env)
+    target = args.target or config.tenants.store
+    if not database_url.is_postgres(target):
+        print(
+            "airgap-proxy: tenants migrate needs a postgresql:// target: --to URL, or tenants.store / "
+            "tenants.store_url_env in the configuration",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        report = asyncio.run(tenant_commands.migrate(args.source, target, config.tenants, overwrite=args.overwrite))
+    except StoreError as exc:
+        print(f"airgap-proxy: {database_url.scrub(str(exc), target)}", file=sys.stderr)
+        return EXIT_NOT_LOCAL
+    print(
+        f"copied {report.added + report.replaced} of {report.read} tenant provider(s) to {database_url.mask(target)}: "
+        f"{report.added} added, {report.replaced} replaced, {report.skipped} skipped (already there; --overwrite "
+        "replaces them)"
+    )
+    return EXIT_OK
 
 
 def _classify(args: argparse.Namespace, env: dict[str, str]) -> int:

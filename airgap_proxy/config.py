@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from airgap_proxy import crypto, policy
+from airgap_proxy import crypto, database_url, policy
 from airgap_proxy.fallback import EMPTY_CANNED, Canned, parse_canned
 from airgap_proxy.fallback import limits as fallback_limits
 from airgap_proxy.policy.targets import Target, TargetError, parse_base_url
@@ -36,6 +36,7 @@ ENV_WORKERS = "AIRGAP_PROXY_WORKERS"
 ENV_ADMIN_TOKEN = "AIRGAP_PROXY_ADMIN_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_SECRET_KEY = "AIRGAP_PROXY_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
 ENV_PREVIOUS_SECRET_KEYS = "AIRGAP_PROXY_PREVIOUS_SECRET_KEYS"  # noqa: S105 - a variable name, not a secret
+ENV_TENANT_DB = "AIRGAP_PROXY_TENANT_DB"
 DEFAULT_UPSTREAM_NAME = "default"
 RESERVED_UPSTREAM_NAMES = frozenset({"deterministic"})
 REDACTED = "***"
@@ -173,11 +174,30 @@ class FallbackConfig:
 
 @dataclass(frozen=True)
 class TenantsConfig:
-    """Where tenant providers live and where the keys that seal their API keys come from."""
+    """Where tenant providers live and where the keys that seal their API keys come from.
 
-    store: str = "tenants.db"
+    ``store`` is a SQLite path or a PostgreSQL URL (which may hold a password:
+    never shown unmasked, see :mod:`airgap_proxy.database_url`). The other
+    numbers concern PostgreSQL only.
+    """
+
+    store: str = field(default="tenants.db", repr=False)
     secret_key_file: str | None = None
     previous_secret_keys_file: str | None = None
+    store_url_env: str = ENV_TENANT_DB
+    refresh_s: float = 2.0
+    max_stale_s: float = 10.0
+    pool_size: int = 4
+    timeout_s: float = 5.0
+
+    @property
+    def is_postgres(self) -> bool:
+        return database_url.is_postgres(self.store)
+
+    @property
+    def store_shown(self) -> str:
+        """The store as logs and errors show it: a URL with its password masked."""
+        return database_url.mask(self.store)
 
 
 @dataclass(frozen=True)
@@ -292,7 +312,12 @@ class Config:
                 "max_answer_bytes": self.fallback.max_answer_bytes,
             },
             "tenants": {
-                "store": self.tenants.store,
+                "store": self.tenants.store_shown,
+                "store_url_env": self.tenants.store_url_env,
+                "refresh_s": self.tenants.refresh_s,
+                "max_stale_s": self.tenants.max_stale_s,
+                "pool_size": self.tenants.pool_size,
+                "timeout_s": self.tenants.timeout_s,
                 "secret_key_file": self.tenants.secret_key_file,
                 "previous_secret_keys_file": self.tenants.previous_secret_keys_file,
             },
@@ -893,18 +918,31 @@ def _check_secret_key(where: str, text: str) -> None:
 def _parse_tenants(
     section: _Section, env: Mapping[str, str], read_file: ReadFile
 ) -> tuple[TenantsConfig, str | None, tuple[str, ...]]:
-    """The tenant store path and the secret keys that seal tenant API keys.
+    """The tenant store and the secret keys that seal tenant API keys.
 
-    1. The current key: ``AIRGAP_PROXY_SECRET_KEY``, else ``tenants.secret_key_file``.
-    2. Previous keys (decryption only, for rotation): ``AIRGAP_PROXY_PREVIOUS_SECRET_KEYS``
+    1. The store: the variable ``tenants.store_url_env`` names
+       (``AIRGAP_PROXY_TENANT_DB`` by default; a PostgreSQL URL, for a
+       Kubernetes Secret) when set, else ``tenants.store`` (a SQLite path or a
+       PostgreSQL URL).
+    2. The current key: ``AIRGAP_PROXY_SECRET_KEY``, else ``tenants.secret_key_file``.
+    3. Previous keys (decryption only, for rotation): ``AIRGAP_PROXY_PREVIOUS_SECRET_KEYS``
        (comma-separated), else ``tenants.previous_secret_keys_file`` (one per line).
     """
+    explicit_store, explicit_env = section.has("store"), section.has("store_url_env")
     store = section.get("store", str, TenantsConfig.store)
+    url_env = section.get("store_url_env", str, ENV_TENANT_DB)
     key_file = section.get("secret_key_file", str, None)
     previous_file = section.get("previous_secret_keys_file", str, None)
+    refresh_s = _positive(section, "refresh_s", TenantsConfig.refresh_s)
+    max_stale_s = _positive(section, "max_stale_s", TenantsConfig.max_stale_s)
+    pool_size = section.get("pool_size", int, TenantsConfig.pool_size)
+    timeout_s = _positive(section, "timeout_s", TenantsConfig.timeout_s)
     section.finish()
-    if not store.strip():
-        raise ConfigError(section.key_path("store"), "must be a file path")
+    store = _store_location(section, store, (explicit_store, explicit_env), url_env, env)
+    if max_stale_s <= refresh_s:
+        raise ConfigError(section.key_path("max_stale_s"), f"must be more than tenants.refresh_s ({refresh_s:g})")
+    if not 1 <= pool_size <= 100:
+        raise ConfigError(section.key_path("pool_size"), "must be between 1 and 100")
     secret = env.get(ENV_SECRET_KEY, "").strip() or None
     where = ENV_SECRET_KEY
     if secret is None and key_file is not None:
@@ -920,8 +958,39 @@ def _parse_tenants(
     previous = tuple(p.strip() for p in previous_text.split(separator) if p.strip())
     for index, text in enumerate(previous):
         _check_secret_key(f"{where}[{index}]", text)
-    config = TenantsConfig(store=store, secret_key_file=key_file, previous_secret_keys_file=previous_file)
+    config = TenantsConfig(
+        store=store,
+        secret_key_file=key_file,
+        previous_secret_keys_file=previous_file,
+        store_url_env=url_env,
+        refresh_s=refresh_s,
+        max_stale_s=max_stale_s,
+        pool_size=pool_size,
+        timeout_s=timeout_s,
+    )
     return config, secret, previous
+
+
+def _store_location(
+    section: _Section, store: str, explicit: tuple[bool, bool], url_env: str, env: Mapping[str, str]
+) -> str:
+    """The store from the ``tenants.store_url_env`` variable or ``tenants.store``; messages never show a password."""
+    explicit_store, explicit_env = explicit
+    where = section.key_path("store_url_env")
+    if not _ENV_NAME_RE.match(url_env):
+        raise ConfigError(where, "must be the NAME of an environment variable")
+    if explicit_store and explicit_env:
+        raise ConfigError(where, "give tenants.store or tenants.store_url_env, not both")
+    value = env.get(url_env, "").strip()
+    if value:
+        if not database_url.is_postgres(value):
+            raise ConfigError(url_env if not explicit_env else where, f"{url_env} must hold a postgresql:// URL")
+        return value
+    if explicit_env:
+        raise ConfigError(where, f"environment variable {url_env} is not set (it must hold a postgresql:// URL)")
+    if not store.strip():
+        raise ConfigError(section.key_path("store"), "must be a file path or a postgresql:// URL")
+    return store
 
 
 def _parse_clients(root: _Section) -> tuple[ClientConfig, ...]:

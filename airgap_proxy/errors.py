@@ -184,3 +184,19 @@ class InternalError(ProxyError):
     status = 500
     type = "server_error"
     code = "internal_error"
+
+
+class TenantStoreUnavailable(ProxyError):
+    """The shared (PostgreSQL) tenant store cannot be read, so a tenant's provider is unknown.
+
+    Only requests that need a tenant's provider (and the admin API) get it;
+    everything else keeps serving.
+    """
+
+    status = 503
+    type = "server_error"
+    code = "tenant_store_unavailable"
+    retry_after_s: ClassVar[str] = "2"
+
+    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message, param=param, headers={"Retry-After": self.retry_after_s, **(headers or {})})

@@ -29,7 +29,17 @@ Loader = Callable[[], Config]
 LOADER: web.AppKey[Loader] = web.AppKey("loader")
 RESOLVER = web.AppKey("resolver", AbstractResolver)
 # Settings read once when the server starts: a reload that changes them logs that a restart is needed.
-RESTART_ONLY = ("listen", "logging", "tenants.store", "timeouts.client_header_s", "timeouts.shutdown_grace_s")
+RESTART_ONLY = (
+    "listen",
+    "logging",
+    "tenants.store",
+    "tenants.refresh_s",
+    "tenants.max_stale_s",
+    "tenants.pool_size",
+    "tenants.timeout_s",
+    "timeouts.client_header_s",
+    "timeouts.shutdown_grace_s",
+)
 
 
 def build(config: Config, resolver: AbstractResolver | None, number: int, previous: UpstreamPool | None) -> Generation:
@@ -111,6 +121,10 @@ def restart_only_changes(old: Config, new: Config) -> tuple[str, ...]:
         "listen": lambda c: c.listen,
         "logging": lambda c: c.logging,
         "tenants.store": lambda c: c.tenants.store,
+        "tenants.refresh_s": lambda c: c.tenants.refresh_s,
+        "tenants.max_stale_s": lambda c: c.tenants.max_stale_s,
+        "tenants.pool_size": lambda c: c.tenants.pool_size,
+        "tenants.timeout_s": lambda c: c.tenants.timeout_s,
         "timeouts.client_header_s": lambda c: c.timeouts.client_header_s,
         "timeouts.shutdown_grace_s": lambda c: c.timeouts.shutdown_grace_s,
     }

@@ -20,7 +20,7 @@ from airgap_proxy.audit import Audit
 from airgap_proxy.config import Config
 from airgap_proxy.egress import EgressClient
 from airgap_proxy.metrics import Metrics
-from airgap_proxy.tenant_store import AsyncTenantStore
+from airgap_proxy.tenant_store import Store
 from airgap_proxy.tenants import StoredProvider
 from airgap_proxy.upstreams import Probe, UpstreamPool
 
@@ -79,11 +79,12 @@ class AppState:
 
     ``store`` is None when no tenant store is in use: the admin API is off and
     no store file exists, so every tenant is unknown and uses the default upstreams.
+    A PostgreSQL store is always in use (another replica's admin API may write it).
     """
 
     generation: Generation
     metrics: Metrics
-    store: AsyncTenantStore | None = None
+    store: Store | None = None
     tenant_probes: dict[str, TenantProbe] = field(default_factory=dict)
     started: bool = False
     # Requests in flight under limits.max_in_flight (the /v1 API).
@@ -113,10 +114,13 @@ class AppState:
         return self.generation.keyring
 
     async def tenant_provider(self, tenant: str | None) -> StoredProvider | None:
-        """The tenant's stored provider; None for no tenant, an unknown one, or no store."""
+        """The tenant's stored provider; None for no tenant, an unknown one, or no store.
+
+        Raises :class:`airgap_proxy.errors.TenantStoreUnavailable` when the store cannot tell.
+        """
         if tenant is None or self.store is None:
             return None
-        return await self.store.get(tenant)
+        return await self.store.lookup(tenant)
 
 
 STATE = web.AppKey("state", AppState)

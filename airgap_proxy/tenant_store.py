@@ -20,11 +20,11 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from airgap_proxy import crypto, policy
 from airgap_proxy.config import ProviderType
@@ -63,10 +63,39 @@ T = TypeVar("T")
 
 
 class StoreError(Exception):
-    """The store cannot be opened or used. The message names the file, never a key."""
+    """The store cannot be opened or used. The message names the file, never a key or a password."""
 
 
-def _decision_json(decision: policy.Decision) -> str:
+class Store(Protocol):
+    """What the server needs of a tenant store (SQLite here, PostgreSQL in :mod:`.tenant_store_pg`).
+
+    ``lookup`` is the per-request read: it may answer from memory, and raises
+    :class:`airgap_proxy.errors.TenantStoreUnavailable` when it cannot answer.
+    ``get`` and ``list`` read the store itself (the admin API). ``health`` is
+    what ``/readyz`` and the status show, or None when there is nothing to say.
+    """
+
+    @property
+    def shown(self) -> str: ...
+
+    async def open(self, *, create: bool) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    async def lookup(self, tenant: str) -> StoredProvider | None: ...
+
+    async def get(self, tenant: str) -> StoredProvider | None: ...
+
+    async def list(self) -> list[StoredProvider]: ...
+
+    async def put(self, provider: StoredProvider) -> bool: ...
+
+    async def delete(self, tenant: str) -> bool: ...
+
+    def health(self) -> dict[str, Any] | None: ...
+
+
+def decision_json(decision: policy.Decision) -> str:
     return json.dumps(
         {
             "verdict": decision.verdict.value,
@@ -79,7 +108,7 @@ def _decision_json(decision: policy.Decision) -> str:
     )
 
 
-def _decision_from(text: str) -> policy.Decision:
+def decision_from(text: str) -> policy.Decision:
     data = json.loads(text)
     return policy.Decision(
         policy.Verdict(data["verdict"]),
@@ -90,7 +119,8 @@ def _decision_from(text: str) -> policy.Decision:
     )
 
 
-def _row_to_provider(row: sqlite3.Row) -> StoredProvider:
+def provider_from(row: Mapping[str, Any] | sqlite3.Row) -> StoredProvider:
+    """A stored record (an SQLite or a PostgreSQL row) as a provider."""
     sealed = None
     if row["key_id"] is not None:
         sealed = crypto.Sealed(row["key_id"], bytes(row["key_nonce"]), bytes(row["key_sealed"]))
@@ -101,7 +131,7 @@ def _row_to_provider(row: sqlite3.Row) -> StoredProvider:
         model=row["model"],
         sealed_key=sealed,
         key_hint=row["key_hint"],
-        decision=_decision_from(row["decision"]),
+        decision=decision_from(row["decision"]),
         updated_at=row["updated_at"],
     )
 
@@ -172,11 +202,11 @@ class TenantStore:
 
     def get(self, tenant: str) -> StoredProvider | None:
         row = self.db.execute(_SELECT_ONE, (tenant,)).fetchone()
-        return _row_to_provider(row) if row is not None else None
+        return provider_from(row) if row is not None else None
 
     def list(self) -> list[StoredProvider]:
         rows = self.db.execute(_SELECT_ALL).fetchall()
-        return [_row_to_provider(r) for r in rows]
+        return [provider_from(r) for r in rows]
 
     def put(self, provider: StoredProvider) -> bool:
         """Insert or replace the tenant's record in one transaction; True when it is new."""
@@ -190,7 +220,7 @@ class TenantStore:
             sealed.nonce if sealed else None,
             sealed.ciphertext if sealed else None,
             provider.key_hint,
-            _decision_json(provider.decision),
+            decision_json(provider.decision),
             provider.updated_at,
         )
         with _transaction(self.db) as db:
@@ -214,7 +244,7 @@ class TenantStore:
         report = RotationReport()
         with _transaction(self.db) as db:
             for row in db.execute(_SELECT_ALL).fetchall():
-                provider = _row_to_provider(row)
+                provider = provider_from(row)
                 if provider.sealed_key is None:
                     report.without_key += 1
                     continue
@@ -265,6 +295,17 @@ class AsyncTenantStore:
     @property
     def path(self) -> Path:
         return self._store.path
+
+    @property
+    def shown(self) -> str:
+        return str(self._store.path)
+
+    def health(self) -> dict[str, Any] | None:
+        return None
+
+    async def lookup(self, tenant: str) -> StoredProvider | None:
+        """The file is local and every worker must see every write at once: read it each time."""
+        return await self.get(tenant)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)

@@ -433,9 +433,12 @@ def prepare_tenant_store(config: Config) -> None:
     new file into a WAL database can fail at once with "database is locked",
     without waiting out the busy timeout; an existing WAL file opens
     concurrently without trouble. The connection is closed before any fork.
-    Raises :class:`StoreError` if the store cannot be opened.
+    Raises :class:`StoreError` if the store cannot be opened. A PostgreSQL
+    store needs nothing here: each worker migrates it under an advisory lock.
     """
     path = config.tenants.store
+    if config.tenants.is_postgres:
+        return
     if config.admin.token is None and not TenantStore.exists(path):
         return
     store = TenantStore(path)

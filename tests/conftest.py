@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,6 +22,7 @@ from hypothesis import settings
 from airgap_proxy.app import create_app
 from airgap_proxy.config import Config, parse_config
 from tests.fakes import FakeUpstream
+from tests.postgres_server import PostgresServer, require_binaries
 
 PROXY_ENV_VARS = (
     "AISOC_AIRGAPPED",
@@ -34,6 +36,7 @@ PROXY_ENV_VARS = (
     "AIRGAP_PROXY_ADMIN_TOKEN",
     "AIRGAP_PROXY_SECRET_KEY",
     "AIRGAP_PROXY_PREVIOUS_SECRET_KEYS",
+    "AIRGAP_PROXY_TENANT_DB",
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "ALL_PROXY",
@@ -218,3 +221,25 @@ def black_hole() -> Iterator[BlackHole]:
     hole = BlackHole()
     yield hole
     hole.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (started on first use; skipped, or failed in CI, without it)."""
+    server = PostgresServer(require_binaries())
+    try:
+        server.start()
+        yield server
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def pg_database(postgres: PostgresServer) -> Iterator[str]:
+    """A new, empty database on the session's server (its name); dropped afterwards."""
+    name = postgres.create_database()
+    yield name
+    with contextlib.suppress(Exception):
+        postgres.drop_database(name)

@@ -651,7 +651,8 @@ def test_host_patterns_are_normalised() -> None:
         pytest.param(
             {"tenants": {"path": "x"}},
             "tenants.path",
-            "unknown key (known keys here: previous_secret_keys_file, secret_key_file, store)",
+            "unknown key (known keys here: max_stale_s, pool_size, previous_secret_keys_file, refresh_s, "
+            "secret_key_file, store, store_url_env, timeout_s)",
             id="unknown tenants key",
         ),
         pytest.param({"policy": {"allow_network": []}}, "policy.allow_network", "unknown key", id="unknown policy key"),

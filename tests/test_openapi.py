@@ -24,6 +24,7 @@ from airgap_proxy.app import create_app
 from airgap_proxy.config import parse_config
 from tests.fakes import FakeUpstream
 from tests.test_admin import ADMIN, provider, put, tenant_config
+from tests.test_serve import free_port
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 SPEC_URI = "urn:airgap-proxy:openapi"
@@ -184,6 +185,17 @@ async def test_real_responses_conform(aiohttp_client: Any, aiohttp_server: Any, 
     reloadable_config = tenant_config(tmp_path / "reload")
     reloadable = await aiohttp_client(create_app(reloadable_config, loader=lambda: reloadable_config))
     await check.check(await reloadable.post(reload_path, headers=ADMIN), reload_path, "POST")
+
+    # A PostgreSQL store that cannot be reached (nothing listens there): 503 tenant_store_unavailable.
+    down_url = f"postgresql://airgap:pw-unused@127.0.0.1:{free_port()}/tenants"
+    down_config = tenant_config(tmp_path, {"tenants": {"store": down_url, "timeout_s": 0.5}})
+    down = await aiohttp_client(create_app(down_config))
+    await check.check(await put(down, "team-a", provider(url)), provider_path, "PUT")
+    for method in ("GET", "DELETE"):
+        await check.check(await down.request(method, at("team-a"), headers=ADMIN), provider_path, method)
+    await check.check(await down.get(tenants_path, headers=ADMIN), tenants_path, "GET")
+    await check.check(await down.get(f"{status_path}?tenant=team-a"), status_path, "GET")
+    await check.check(await down.get(status_path), status_path, "GET")
 
     documented = {
         (path, method, status)

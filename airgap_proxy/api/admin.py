@@ -41,12 +41,14 @@ from airgap_proxy.errors import (
     InvalidConfig,
     InvalidRequest,
     NotFound,
+    TenantStoreUnavailable,
     Unauthorized,
 )
 from airgap_proxy.logs import get_logger
 from airgap_proxy.pipeline import read_body
 from airgap_proxy.state import AUDIT_KEY, STATE, AppState, TenantProbe
-from airgap_proxy.tenant_store import AsyncTenantStore
+from airgap_proxy.tenant_cache import SharedTenantStore
+from airgap_proxy.tenant_store import AsyncTenantStore, Store
 from airgap_proxy.upstreams import Probe, probe_endpoint
 
 TENANTS_PATH = "/api/v1/tenants"
@@ -69,7 +71,7 @@ def add_routes(app: web.Application, expect_handler: ExpectHandler) -> None:
     app.router.add_post(RELOAD_PATH, reload_config, expect_handler=expect_handler)
 
 
-def _authorize(request: web.Request) -> AsyncTenantStore:
+def _authorize(request: web.Request) -> Store:
     """The store, once the admin token checks out."""
     state = request.app[STATE]
     _check_token(request, state)
@@ -234,11 +236,15 @@ def verify_view(probe: Probe) -> dict[str, Any]:
 
 
 async def open_store(state: AppState) -> None:
-    """Open the store at start-up: always when the admin API is on, else only if the file exists.
+    """Open the store at start-up: a PostgreSQL one always; a SQLite one when the admin API is on or the file exists.
 
     Logs what it found, and warns about tenant keys no configured secret key can open.
+    An unreachable PostgreSQL database is not fatal (:mod:`airgap_proxy.tenant_cache`).
     """
-    store = AsyncTenantStore(state.config.tenants.store)
+    tenants_config = state.config.tenants
+    store: Store = (
+        SharedTenantStore(tenants_config) if tenants_config.is_postgres else AsyncTenantStore(tenants_config.store)
+    )
     try:
         opened = await store.open(create=state.config.admin.token is not None)
     except BaseException:
@@ -248,10 +254,17 @@ async def open_store(state: AppState) -> None:
         await store.close()
         return
     state.store = store
-    providers = await store.list()
+    health = store.health()
+    if health is not None and not health["connected"]:
+        _log.warning("tenant_store_opened", store=store.shown, connected=False, reason=health["reason"])
+        return
+    try:
+        providers = await store.list()
+    except TenantStoreUnavailable:  # gone since the first poll: the poller reports it
+        return
     _log.info(
         "tenant_store_opened",
-        path=str(store.path),
+        path=store.shown,
         tenants=len(providers),
         admin_api=state.config.admin.token is not None,
         secret_key_ids=list(state.keyring.key_ids()),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from airgap_proxy.config import FallbackMode
@@ -14,7 +16,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the proxy can answer: a permitted, available upstream or the fallback."""
+    """Ready when the proxy can answer: a permitted, available upstream or the fallback.
+
+    A shared (PostgreSQL) tenant store's state is reported under ``tenant_store``
+    but does not make the proxy unready: requests without a tenant still work.
+    """
     state = request.app[STATE]
     if not state.started:
         return web.json_response({"status": "starting"}, status=503)
@@ -25,4 +31,8 @@ async def readyz(request: web.Request) -> web.Response:
             {"status": "not_ready", "reason": "no permitted upstream is available and the fallback is disabled"},
             status=503,
         )
-    return web.json_response({"status": "ready", "upstreams": available, "fallback": fallback})
+    body: dict[str, Any] = {"status": "ready", "upstreams": available, "fallback": fallback}
+    health = state.store.health() if state.store is not None else None
+    if health is not None:
+        body["tenant_store"] = health
+    return web.json_response(body)

@@ -110,6 +110,9 @@ async def status_report(state: AppState) -> dict[str, Any]:
         "fallback_mode": config.fallback.mode.value,
         "upstreams": details,
     }
+    store_health = state.store.health() if state.store is not None else None
+    if store_health is not None:
+        report["tenant_store"] = store_health
     return report
 
 

@@ -22,7 +22,7 @@ from airgap_proxy import crypto, policy
 from airgap_proxy.fallback import EMPTY_CANNED, Canned, parse_canned
 from airgap_proxy.fallback import limits as fallback_limits
 from airgap_proxy.policy.targets import Target, TargetError, parse_base_url
-from airgap_proxy.policy.telemetry import BUILTIN_TELEMETRY_HOSTS, TELEMETRY
+from airgap_proxy.policy.telemetry import BUILTIN_TELEMETRY_HOSTS
 
 CONFIG_VERSION = 1
 ENV_AIRGAPPED = "AISOC_AIRGAPPED"
@@ -883,7 +883,7 @@ def _parse_forward_proxy(section: _Section) -> ForwardProxyConfig:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise ConfigError(f"{section.key_path('allow_ports')}[{index}]", f"not a port number 1-65535: {port!r}")
     idle = _positive(section, "idle_timeout_s", ForwardProxyConfig.idle_timeout_s)
-    extra = _parse_host_patterns(section, "telemetry_hosts", (), TELEMETRY)
+    extra = _parse_host_patterns(section, "telemetry_hosts", (), "forward_proxy.telemetry_hosts")
     section.finish()
     builtin = [policy.HostPattern(p, w) for p, w in BUILTIN_TELEMETRY_HOSTS]
     known = {h.pattern for h in builtin}

@@ -210,9 +210,7 @@ class EgressClient:
             candidates = [(host_name, target_port)]
         except ValueError:
             try:
-                results, name_decision = await self._resolver.resolve_checked(
-                    host_name, target_port, socket.AF_UNSPEC
-                )
+                results, name_decision = await self._resolver.resolve_checked(host_name, target_port, socket.AF_UNSPEC)
             except EgressRefused as exc:
                 raise AirgapViolation(exc.decision.reason, decision=exc.decision) from exc
             except OSError as exc:

@@ -31,7 +31,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from airgap_proxy import policy
-from airgap_proxy.api.tunnel import IDLE
+from airgap_proxy.api.tunnel import IDLE, UPSTREAM_CLOSED, Tunnel
 from airgap_proxy.app import create_app
 from tests.conftest import PROXY_ENV_VARS, FakeResolver, make_config
 from tests.fakes import FakeUpstream
@@ -346,6 +346,35 @@ async def test_an_idle_tunnel_is_closed_and_audited(aiohttp_server: Any, echo: A
         writer.close()
         event = await audit_of(logs)
     assert event["error"] == IDLE
+
+
+async def test_an_upstream_that_hangs_up_at_once_ends_the_tunnel_at_once(aiohttp_server: Any) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    rude = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = rude.sockets[0].getsockname()[1]
+    server = await start_proxy(aiohttp_server, proxy_config({"allow_ports": [port]}))
+    with capture_logs() as logs:
+        reader, writer, head = await raw_request(server.port, connect(f"127.0.0.1:{port}"))
+        assert head.startswith(b"HTTP/1.1 200")
+        async with asyncio.timeout(2):  # not aiohttp's 10 s linger
+            assert await reader.read() == b""
+        writer.close()
+        event = await audit_of(logs)
+    assert event["error"] == "upstream closed" and event["route"] == "forward_proxy"
+    rude.close()
+
+
+async def test_a_tunnel_whose_upstream_left_before_it_was_attached_closes_the_client(echo: Any) -> None:
+    peer = await echo()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", peer.port)
+    tunnel = Tunnel(loop, 60)
+    tunnel.upstream.connection_lost(None)
+    tunnel.attach(transport, b"")
+    assert transport.is_closing()
+    assert await asyncio.wait_for(tunnel.wait(), 1) == UPSTREAM_CLOSED
 
 
 async def test_an_unreachable_local_target_is_502(aiohttp_server: Any) -> None:

@@ -32,6 +32,7 @@ from airgap_proxy.audit import Tunnel as TunnelFacts
 from airgap_proxy.config import ForwardProxyConfig
 from airgap_proxy.errors import AirgapViolation, ForwardRefused, MethodNotAllowed, Overloaded
 from airgap_proxy.headers import HOP_BY_HOP, client_response_headers
+from airgap_proxy.metrics import FORWARD_PROXY_ROUTE
 from airgap_proxy.middleware import OVERLOAD_RETRY_AFTER_S
 from airgap_proxy.policy.targets import Target, TargetError, parse_target
 from airgap_proxy.policy.telemetry import TELEMETRY
@@ -75,6 +76,7 @@ async def forward_proxy(request: web.Request) -> web.StreamResponse:
     if not settings.enabled:
         raise MethodNotAllowed(REASON_DISABLED + "; send requests to its /v1 API instead")
     audit = request[AUDIT_KEY]
+    audit.route = FORWARD_PROXY_ROUTE  # not the target's path: it is not one of ours
     facts = audit.tunnel = TunnelFacts()
     if request.method == "CONNECT":
         target = _judge(generation, settings, audit, facts, "https://" + request.raw_path, authority=True)
@@ -207,10 +209,12 @@ async def _relay(request: web.Request, tunnel: Tunnel, audit: Audit, facts: Tunn
         tunnel.finish("cancelled")
         facts.bytes_up, facts.bytes_down = tunnel.bytes_up, tunnel.bytes_down
         audit.bytes_out = tunnel.bytes_down
-        # Give the connection back to aiohttp, which closes it after this "response".
+        # Give the connection back to aiohttp, closed: it learns so once this "response" is done.
         transport.set_protocol(handler)
         if tunnel.client.lost:
             asyncio.get_running_loop().call_soon(handler.connection_lost, None)
+        elif not transport.is_closing():
+            transport.close()  # the upstream went away before the tunnel was attached
     if audit.error == SHUTDOWN:
         audit.error = "closed by the shutdown drain"
     response = _Tunnelled(status=200)

@@ -93,6 +93,9 @@ class Tunnel:
         """Take over the client's transport; ``early``: bytes it sent after the ``CONNECT`` head."""
         transport.set_protocol(self.client)
         self.client.connection_made(transport)
+        if self._done.done():  # the upstream went away while the 200 was being written
+            transport.close()
+            return
         if early:
             self.client.data_received(early)
         transport.resume_reading()

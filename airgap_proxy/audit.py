@@ -29,9 +29,11 @@ class Action(enum.Enum):
 
 @dataclass(slots=True)
 class Tunnel:
-    """What the audit event of a forward-proxy request adds: the target and the byte counts, never bytes."""
+    """What the audit event of a forward-proxy request adds: the target's port, its category, byte counts (never bytes).
 
-    host: str | None = None
+    The target host and the addresses judged are the event's own ``host`` and ``addresses``.
+    """
+
     port: int | None = None
     category: str | None = None
     bytes_up: int = 0
@@ -39,7 +41,6 @@ class Tunnel:
 
     def fields(self) -> dict[str, Any]:
         return {
-            "host": self.host,
             "port": self.port,
             "category": self.category,
             "bytes_up": self.bytes_up,
@@ -86,6 +87,8 @@ class Audit:
     def record_decision(self, decision: Decision, action: Action) -> None:
         """The policy's decision on a forward-proxy target, and what was done about it."""
         self.verdict, self.reason, self.rule = decision.verdict.value, decision.reason, decision.rule.value
+        if decision.addresses:
+            self.addresses = decision.addresses
         self.decision = action
 
     def record_policy(self, upstream: str, decision: Decision | None) -> None:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx  # noqa: TID251 - a client under test (its own proxy support), not the proxy's egress
+import httpx
 import openai
 import pytest
 import trustme

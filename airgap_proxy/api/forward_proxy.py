@@ -104,7 +104,7 @@ def _judge(
     except TargetError as exc:
         decision = policy.Decision(policy.Verdict.INVALID, policy.REASON_INVALID.format(detail=exc), policy.Rule.PARSE)
         raise _refuse(audit, decision) from None
-    facts.host, facts.port = target.host, target.port
+    audit.host, facts.port = target.host, target.port
     telemetry = next((h for h in settings.telemetry_hosts if h.matches(target.host)), None)
     facts.category = "telemetry" if telemetry is not None else None
     if target.port not in settings.allow_ports:

@@ -153,6 +153,7 @@ async def test_connect_tunnels_bytes_both_ways_and_audits_the_counts(aiohttp_ser
     )
     assert (event["bytes_up"], event["bytes_down"], event["status"]) == (4000, 4000, 200)
     assert event["category"] is None and event["duration_ms"] > 0
+    assert event["addresses"] == ["127.0.0.1"] and event["route"] == "forward_proxy"
     assert "ping" not in json.dumps(event)
 
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from airgap_proxy import reload
-from airgap_proxy.api import admin, health, ollama, openai, status, unknown
+from airgap_proxy.api import admin, forward_proxy, health, ollama, openai, status, unknown
 from airgap_proxy.config import Config
 from airgap_proxy.metrics import METRICS, Metrics, metrics_endpoint
 from airgap_proxy.middleware import expect_handler, request_middleware
@@ -32,11 +32,13 @@ def create_app(
     endpoint): the same loader and environment as at start-up. Without it a
     reload is refused.
     """
+    router = Router()
+    router.forward_to(forward_proxy.is_forward_request, forward_proxy.forward_proxy)
     with warnings.catch_warnings():
-        # aiohttp deprecates passing a router; ours only changes what unmatched requests do with Expect.
+        # aiohttp deprecates passing a router; ours answers Expect and picks out the forward proxy's requests.
         warnings.simplefilter("ignore", DeprecationWarning)
         app = web.Application(
-            router=Router(), middlewares=[request_middleware], client_max_size=config.limits.max_body_bytes
+            router=router, middlewares=[request_middleware], client_max_size=config.limits.max_body_bytes
         )
     if loader is not None:
         app[reload.LOADER] = loader
@@ -49,6 +51,8 @@ def create_app(
     app.cleanup_ctx.append(_tenant_store)
     app.cleanup_ctx.append(_generations)
     app.cleanup_ctx.append(answer.executor_ctx)
+    app[forward_proxy.TUNNELS] = set()
+    app.on_shutdown.append(forward_proxy.drain)
     app.router.add_get("/healthz", health.healthz, expect_handler=expect_handler)
     app.router.add_get("/readyz", health.readyz, expect_handler=expect_handler)
     app.router.add_get("/metrics", metrics_endpoint, expect_handler=expect_handler)

@@ -28,6 +28,27 @@ class Action(enum.Enum):
 
 
 @dataclass(slots=True)
+class Tunnel:
+    """What the audit event of a forward-proxy request adds: the target's port, its category, byte counts (never bytes).
+
+    The target host and the addresses judged are the event's own ``host`` and ``addresses``.
+    """
+
+    port: int | None = None
+    category: str | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "port": self.port,
+            "category": self.category,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+        }
+
+
+@dataclass(slots=True)
 class Audit:
     request_id: str
     method: str
@@ -60,6 +81,15 @@ class Audit:
     started: float = 0.0
     waited_s: float = 0.0
     overhead_ms: float | None = None
+    # Set for a CONNECT or absolute-form request (the forward proxy): its fields join the event.
+    tunnel: Tunnel | None = None
+
+    def record_decision(self, decision: Decision, action: Action) -> None:
+        """The policy's decision on a forward-proxy target, and what was done about it."""
+        self.verdict, self.reason, self.rule = decision.verdict.value, decision.reason, decision.rule.value
+        if decision.addresses:
+            self.addresses = decision.addresses
+        self.decision = action
 
     def record_policy(self, upstream: str, decision: Decision | None) -> None:
         """The upstream chosen and the policy's decision on it (None: judged at connect time)."""
@@ -103,6 +133,12 @@ class Audit:
         return text
 
     def fields(self, duration_ms: float) -> dict[str, Any]:
+        fields = self._fields(duration_ms)
+        if self.tunnel is not None:
+            fields.update(self.tunnel.fields())
+        return fields
+
+    def _fields(self, duration_ms: float) -> dict[str, Any]:
         return {
             "request_id": self.request_id,
             "method": self.method,

@@ -22,6 +22,7 @@ from airgap_proxy import crypto, database_url, policy
 from airgap_proxy.fallback import EMPTY_CANNED, Canned, parse_canned
 from airgap_proxy.fallback import limits as fallback_limits
 from airgap_proxy.policy.targets import Target, TargetError, parse_base_url
+from airgap_proxy.policy.telemetry import BUILTIN_TELEMETRY_HOSTS
 
 CONFIG_VERSION = 1
 ENV_AIRGAPPED = "AISOC_AIRGAPPED"
@@ -217,6 +218,21 @@ class OllamaConfig:
 
 
 @dataclass(frozen=True)
+class ForwardProxyConfig:
+    """The forward-proxy backstop (``CONNECT`` and absolute-form requests), off by default.
+
+    ``telemetry_hosts`` is the built-in list of agent-tool telemetry hosts plus the operator's.
+    """
+
+    enabled: bool = False
+    allow_ports: frozenset[int] = frozenset({80, 443})
+    idle_timeout_s: float = 300.0
+    telemetry_hosts: tuple[policy.HostPattern, ...] = field(
+        default_factory=lambda: tuple(policy.HostPattern(p, w) for p, w in BUILTIN_TELEMETRY_HOSTS)
+    )
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     token: str | None = field(default=None, repr=False)
     token_env: str = ENV_ADMIN_TOKEN
@@ -257,6 +273,7 @@ class Config:
     tenants: TenantsConfig = field(default_factory=TenantsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     ollama: OllamaConfig = field(default_factory=OllamaConfig)
+    forward_proxy: ForwardProxyConfig = field(default_factory=ForwardProxyConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -324,6 +341,12 @@ class Config:
             "clients": [{"name": c.name, "key_hash": REDACTED, "tenant": c.tenant} for c in self.clients],
             "admin": {"enabled": self.admin.token is not None, "token": REDACTED if self.admin.token else None},
             "ollama": {"allow_management": self.ollama.allow_management},
+            "forward_proxy": {
+                "enabled": self.forward_proxy.enabled,
+                "allow_ports": sorted(self.forward_proxy.allow_ports),
+                "idle_timeout_s": self.forward_proxy.idle_timeout_s,
+                "telemetry_hosts": [h.pattern for h in self.forward_proxy.telemetry_hosts],
+            },
             "secret_key": REDACTED if self.secret_key else None,
             "previous_secret_keys": [REDACTED for _ in self.previous_secret_keys],
             "limits": {
@@ -432,6 +455,7 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
     clients = _parse_clients(root)
     admin = _parse_admin(root.section("admin"), env, read_file)
     ollama = _parse_ollama(root.section("ollama"))
+    forward_proxy = _parse_forward_proxy(root.section("forward_proxy"))
     limits = _parse_limits(root.section("limits"))
     timeouts = _parse_timeouts(root.section("timeouts"))
     logging_config = _parse_logging(root.section("logging"))
@@ -447,6 +471,7 @@ def parse_config(raw: object, env: Mapping[str, str], read_file: ReadFile, sourc
         tenants=tenants,
         admin=admin,
         ollama=ollama,
+        forward_proxy=forward_proxy,
         limits=limits,
         timeouts=timeouts,
         logging=logging_config,
@@ -873,6 +898,22 @@ def _parse_ollama(section: _Section) -> OllamaConfig:
     allow = section.get("allow_management", bool, False)
     section.finish()
     return OllamaConfig(allow_management=allow)
+
+
+def _parse_forward_proxy(section: _Section) -> ForwardProxyConfig:
+    enabled = section.get("enabled", bool, False)
+    ports = section.get_list("allow_ports", tuple(sorted(ForwardProxyConfig.allow_ports)))
+    assert ports is not None
+    for index, port in enumerate(ports):
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"{section.key_path('allow_ports')}[{index}]", f"not a port number 1-65535: {port!r}")
+    idle = _positive(section, "idle_timeout_s", ForwardProxyConfig.idle_timeout_s)
+    extra = _parse_host_patterns(section, "telemetry_hosts", (), "forward_proxy.telemetry_hosts")
+    section.finish()
+    builtin = [policy.HostPattern(p, w) for p, w in BUILTIN_TELEMETRY_HOSTS]
+    known = {h.pattern for h in builtin}
+    hosts = builtin + [h for h in extra if h.pattern not in known]
+    return ForwardProxyConfig(enabled, frozenset(ports), idle, tuple(hosts))
 
 
 def _parse_admin(section: _Section, env: Mapping[str, str], read_file: ReadFile) -> AdminConfig:

@@ -54,6 +54,13 @@ class AirgapViolation(ProxyError):
         self.decision = decision
 
 
+class ForwardRefused(AirgapViolation):
+    """The forward proxy refuses a ``CONNECT`` or absolute-form target: 403, nothing is connected."""
+
+    status = 403
+    close_connection = True
+
+
 class InvalidRequest(ProxyError):
     status = 400
     type = "invalid_request_error"

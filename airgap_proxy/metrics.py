@@ -61,6 +61,8 @@ FALLBACK_KINDS = {
     ("/v1/responses/input_tokens", False): "input_tokens",
 }
 NO_API = "none"
+NO_CATEGORY = "none"
+FORWARD_PROXY_ROUTE = "forward_proxy"
 _NEVER_STREAMED = frozenset({"/v1/embeddings", "/v1/messages/count_tokens", "/v1/responses/input_tokens"})
 # Seconds: from a fast local embedding to a long generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -217,6 +219,11 @@ class _RequestMetrics(Collector):
         self.tokens = _Counter(
             f"{PREFIX}_tokens", "Tokens reported in responses' usage, by upstream and kind.", ["upstream", "kind"]
         )
+        self.forward_proxy = _Counter(
+            f"{PREFIX}_forward_proxy",
+            "Forward-proxy requests (CONNECT tunnels and absolute-form), by decision and category (telemetry, none).",
+            ["decision", "category"],
+        )
 
     def collect(self) -> Iterator[Metric]:
         for metric in (
@@ -228,6 +235,7 @@ class _RequestMetrics(Collector):
             self.first_byte,
             self.upstream_duration,
             self.tokens,
+            self.forward_proxy,
         ):
             yield metric.family()
 
@@ -273,6 +281,8 @@ class Metrics:
             m.first_byte.observe((upstream,), audit.upstream_first_byte_s)
         if audit.upstream_total_s is not None:
             m.upstream_duration.observe((upstream,), audit.upstream_total_s)
+        if audit.tunnel is not None:
+            m.forward_proxy.inc((decision.value, audit.tunnel.category or NO_CATEGORY))
         if audit.prompt_tokens:
             m.tokens.inc((upstream, "prompt"), audit.prompt_tokens)
         if audit.completion_tokens:

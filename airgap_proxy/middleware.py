@@ -38,7 +38,7 @@ from airgap_proxy.errors import (
 )
 from airgap_proxy.headers import ERROR_HEADER, OVERHEAD_HEADER, REQUEST_ID_HEADER, valid_request_id
 from airgap_proxy.logs import AUDIT_EVENT, get_logger
-from airgap_proxy.metrics import route_label
+from airgap_proxy.metrics import FORWARD_PROXY_ROUTE, route_label
 from airgap_proxy.state import AUDIT_KEY, GENERATION_KEY, STATE
 from airgap_proxy.surfaces import JSON, OPENAI, SURFACE_KEY, Surface
 
@@ -195,7 +195,8 @@ def _emit(request: web.Request, audit: Audit, started: float) -> None:
     if request.path in _UNAUDITED:
         return
     duration_s = time.perf_counter() - started
-    request.app[STATE].metrics.observe(audit, route_label(request), duration_s)
+    route = FORWARD_PROXY_ROUTE if audit.tunnel is not None else route_label(request)
+    request.app[STATE].metrics.observe(audit, route, duration_s)
     logs.emit(
         _log, logging.WARNING if audit.status >= 500 else logging.INFO, AUDIT_EVENT, audit.fields(duration_s * 1000)
     )

@@ -31,15 +31,20 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import report, scenarios, servers
+from benchmarks import bench_tunnel, report, scenarios, servers
 from benchmarks.measure import memory_mib, settle
 from benchmarks.report import Row
 from benchmarks.scenarios import Settings, Target
 from benchmarks.servers import Fleet, Server
 
 TARGETS = ("direct", "airgap-proxy", "passthrough", "nginx", "litellm")
-OTHERS = {"fallback": scenarios.fallback, "surfaces": scenarios.surfaces, "workers": scenarios.workers}
-SCENARIOS = (*scenarios.SUITE, "fallback", "surfaces", "classifier", "workers")
+OTHERS = {
+    "fallback": scenarios.fallback,
+    "surfaces": scenarios.surfaces,
+    "tunnel": bench_tunnel.tunnel,
+    "workers": scenarios.workers,
+}
+SCENARIOS = (*scenarios.SUITE, "fallback", "surfaces", "tunnel", "classifier", "workers")
 
 
 def parse_args() -> argparse.Namespace:
@@ -156,7 +161,7 @@ def run_suite(
 
 
 def run_others(fleet: Fleet, settings: Settings, only: list[str], started: float, rows: list[Row]) -> None:
-    for key in ("fallback", "surfaces", "classifier", "workers"):
+    for key in ("fallback", "surfaces", "tunnel", "classifier", "workers"):
         if key not in only:
             continue
         log(started, key)

@@ -167,6 +167,7 @@ class Fleet:
         workers: int | None = None,
         limits: Mapping[str, int] | None = None,
         provider_type: str | None = None,
+        config: Mapping[str, object] | None = None,
     ) -> Server:
         """``python -m airgap_proxy serve``; the JSON audit log (stderr) goes to the log file."""
         port = free_port()
@@ -178,10 +179,11 @@ class Fleet:
         argv = [sys.executable, "-m", "airgap_proxy", "serve"]
         if workers is not None:
             argv += ["--workers", str(workers)]
-        if limits:
-            config = self.work / f"airgap-proxy-{port}.yaml"
-            config.write_text(json.dumps({"version": 1, "limits": dict(limits)}))  # JSON is YAML
-            argv += ["--config", str(config)]
+        if limits or config:
+            path = self.work / f"airgap-proxy-{port}.yaml"
+            raw = {"version": 1, **(config or {}), **({"limits": dict(limits)} if limits else {})}
+            path.write_text(json.dumps(raw))  # JSON is YAML
+            argv += ["--config", str(path)]
         server = self.spawn("airgap-proxy", argv, child_env(**extra), cpus, port)
         wait_ready(server, "/healthz", 20)
         return server

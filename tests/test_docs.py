@@ -27,7 +27,7 @@ import yaml
 
 from airgap_proxy import config, errors, policy, upstreams
 from airgap_proxy.app import create_app
-from airgap_proxy.audit import Action, Audit
+from airgap_proxy.audit import Action, Audit, Tunnel
 from airgap_proxy.upstreams import routing
 from tests.test_deploy import (
     COMPOSE_COMBINATIONS,
@@ -682,6 +682,10 @@ def test_operations_audit_table_matches_the_audit_event() -> None:
     listed("decision", Action)
     listed("verdict", policy.Verdict)
     listed("rule", policy.Rule)
+
+
+def test_operations_documents_the_forward_proxy_fields() -> None:
+    assert set(first_cells(DOCS / "operations.md", "Forward-proxy fields")) == set(Tunnel().fields())
 
 
 async def test_operations_status_table_matches_the_status_report(aiohttp_client: Any) -> None:

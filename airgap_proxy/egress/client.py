@@ -24,6 +24,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import TypeVar
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
@@ -36,6 +37,7 @@ from airgap_proxy.errors import AirgapViolation, UpstreamConnectTimeout, Upstrea
 from airgap_proxy.policy.targets import IPAddress, Target
 
 OnWouldBlock = Callable[[policy.Decision], None]
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 _ORIGIN_CACHE = 1024
 
 
@@ -177,24 +179,44 @@ class EgressClient:
         return address, decision
 
     async def _connect(self, origin: Origin, pool: Http1Pool) -> Http1Connection:
-        """Open a connection to ``origin``: resolve through the policy, check each address, connect."""
+        """Open a connection to ``origin`` for the HTTP/1.1 pool."""
+        loop = asyncio.get_running_loop()
+        tls = self._tls_context() if origin.scheme == "https" else None
+        conn, decision = await self._open(origin.host, origin.port, lambda: Http1Connection(loop, origin, pool), tls)
+        # What the policy said about this connection travels with every
+        # response on it, keep-alive reuse included, into the audit.
+        conn.decision = decision
+        return conn
+
+    async def open_tunnel(self, host: str, port: int, factory: Callable[[], P]) -> tuple[P, policy.Decision]:
+        """Connect ``factory``'s protocol to ``host:port`` (the forward proxy's tunnels).
+
+        The same path as every upstream connection: the name is resolved once,
+        through the policy, and the checked address is the one connected to.
+        Raises :class:`AirgapViolation` when refused, :class:`UpstreamError` otherwise.
+        """
+        if self._resolver is None:
+            raise UpstreamError("egress client is not running")
+        return await self._open(host, port, factory, None)
+
+    async def _open(
+        self, host_name: str, target_port: int, factory: Callable[[], P], tls: ssl.SSLContext | None
+    ) -> tuple[P, policy.Decision]:
+        """Resolve ``host_name`` through the policy, check each address, connect: the one way out."""
         assert self._resolver is not None
         name_decision: policy.Decision | None = None
         try:
-            ipaddress.ip_address(origin.host.split("%", 1)[0])
-            candidates = [(origin.host, origin.port)]
+            ipaddress.ip_address(host_name.split("%", 1)[0])
+            candidates = [(host_name, target_port)]
         except ValueError:
             try:
-                results, name_decision = await self._resolver.resolve_checked(
-                    origin.host, origin.port, socket.AF_UNSPEC
-                )
+                results, name_decision = await self._resolver.resolve_checked(host_name, target_port, socket.AF_UNSPEC)
             except EgressRefused as exc:
                 raise AirgapViolation(exc.decision.reason, decision=exc.decision) from exc
             except OSError as exc:
-                raise UpstreamError(f"cannot connect to upstream: {origin.host} does not resolve") from exc
+                raise UpstreamError(f"cannot connect to upstream: {host_name} does not resolve") from exc
             candidates = [(r["host"], r["port"]) for r in results]
         loop = asyncio.get_running_loop()
-        tls = self._tls_context() if origin.scheme == "https" else None
         failure: OSError | None = None
         for host, port in candidates:
             try:
@@ -205,21 +227,15 @@ class EgressClient:
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn: Http1Connection | None = None
+            protocol: P | None = None
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
                     with guard.through_egress():  # checked above: the self-egress guard lets it pass
                         await loop.sock_connect(sock, (host, port))
-                    _, conn = await loop.create_connection(
-                        lambda: Http1Connection(loop, origin, pool),
-                        sock=sock,
-                        ssl=tls,
-                        server_hostname=origin.host if tls is not None else None,
+                    _, protocol = await loop.create_connection(
+                        factory, sock=sock, ssl=tls, server_hostname=host_name if tls is not None else None
                     )
-                # What the policy said about this connection travels with every
-                # response on it, keep-alive reuse included, into the audit.
-                conn.decision = name_decision or address_decision
-                return conn
+                return protocol, name_decision or address_decision
             except TimeoutError:
                 raise UpstreamConnectTimeout("upstream did not accept the connection in time") from None
             except ssl.SSLError as exc:
@@ -227,7 +243,7 @@ class EgressClient:
             except OSError as exc:
                 failure = exc
             finally:
-                if conn is None:
+                if protocol is None:
                     # Any way out but a connection (a failure, a timeout, the
                     # client's cancellation) closes the socket now, not at GC.
                     sock.close()

@@ -36,6 +36,7 @@ class Rule(enum.Enum):
     UNRESOLVED = "unresolved"
     ZONE = "zone"
     PROVIDER_TYPE = "provider_type"
+    PORT = "port"
 
 
 # Reasons are templates; tests import them and format the expected text.

@@ -1,5 +1,9 @@
 """Real servers as processes for the tests marked ``real``: llama.cpp, LiteLLM and the proxy itself.
 
+llama.cpp comes two ways: llama-cpp-python's Python server (:func:`llama_server`)
+and llama.cpp's own ``llama-server`` binary (:func:`native_llama_server`), which
+also serves the Anthropic Messages and OpenAI Responses APIs.
+
 ``scripts/real-servers setup`` builds and caches the servers' virtualenvs and
 the model, then writes ``ready.env``; :func:`load_setup` reads it. Without it
 the ``real`` tests skip with the command to run, except in CI (``CI=true``),
@@ -73,6 +77,7 @@ class RealSetup:
     litellm_python: Path
     litellm: Path
     model: Path
+    llama_server: Path
 
 
 def in_ci() -> bool:
@@ -101,11 +106,13 @@ def load_setup() -> RealSetup:
                 Path(values["REAL_LITELLM_PYTHON"]),
                 Path(values["REAL_LITELLM"]),
                 Path(values["REAL_MODEL"]),
+                Path(values["REAL_LLAMA_SERVER"]),
             )
         except KeyError as exc:
             problem = f"{ready} has no {exc}: run {SETUP_COMMAND} again"
         else:
-            missing = [str(p) for p in (found.llama_python, found.litellm_python, found.litellm, found.model)]
+            paths = (found.llama_python, found.litellm_python, found.litellm, found.model, found.llama_server)
+            missing = [str(p) for p in paths]
             missing = [p for p in missing if not Path(p).exists()]
             if not missing:
                 return found
@@ -290,6 +297,42 @@ def llama_server(setup: RealSetup, log_dir: Path, port: int | None = None) -> Se
     return Server("llama.cpp", argv, port, ready, log_dir / f"llama-{port}.log")
 
 
+def native_llama_server(setup: RealSetup, log_dir: Path, port: int | None = None) -> Server:
+    """llama.cpp's own ``llama-server`` with SmolLM2-135M-Instruct: two slots, one thread, offline."""
+    port = port or free_port()
+    argv = [
+        str(setup.llama_server),
+        "-m",
+        str(setup.model),
+        "--alias",
+        LLAMA_MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api-key",
+        LLAMA_KEY,
+        "-c",
+        "2048",
+        "-np",
+        "2",
+        "-t",
+        "1",
+        "-tb",
+        "1",
+        # The model's own chat template through the Jinja engine, as tool calling needs.
+        "--jinja",
+        "--no-webui",
+        "--offline",
+    ]
+
+    def ready(server: Server) -> bool:
+        # /health needs no key; it answers 503 while the model loads, 200 once it can serve.
+        return call("GET", server.port, "/health", timeout=2).status == 200
+
+    return Server("llama-server", argv, port, ready, log_dir / f"llama-server-{port}.log")
+
+
 def litellm_server(setup: RealSetup, log_dir: Path, port: int | None = None) -> Server:
     """The LiteLLM proxy serving a mock model: no provider is ever called."""
     port = port or free_port()
@@ -389,6 +432,12 @@ class Servers:
 @pytest.fixture(scope="session")
 def real_setup() -> RealSetup:
     return load_setup()
+
+
+@pytest.fixture(scope="module")
+def native_llama(real_setup: RealSetup, servers: Servers) -> Server:
+    """A ``llama-server`` for the module, stopped with the module's other servers."""
+    return servers.start(native_llama_server(real_setup, servers.log_dir))
 
 
 @pytest.fixture(scope="module")

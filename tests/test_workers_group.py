@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from tests.test_workers import (
 
 proxies = test_workers.proxies  # the fixture: supervisors stopped at the end
 CHAT_ROUTE = "/v1/chat/completions"
+METRICS_DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 SCRAPES = FRESH_CONNECTIONS  # enough that both workers answer some (all on one: 2**-23)
 
 
@@ -58,13 +60,40 @@ def label_values(found: Samples, name: str, label: str) -> set[str]:
     return {dict(have)[label] for (sample, have), _ in found.items() if sample == name and label in dict(have)}
 
 
+def combined(row: str) -> str:
+    """The ``--workers N`` column of a row of docs/metrics.md."""
+    return row.split(" | ")[3]
+
+
+def documented_modes() -> dict[str, str]:
+    """Each documented metric's ``--workers N`` column: ``sum`` or ``per worker``."""
+    modes = {}
+    for line in METRICS_DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("| `"):
+            for name in re.findall(r"`(\w+)`", line.split(" | ")[0]):
+                modes[name] = combined(line)
+    return modes
+
+
 async def scrape_everywhere(proxy: ServedProxy, pids: list[int]) -> list[Samples]:
     """:data:`SCRAPES` scrapes on fresh connections, answered by every worker (each must tell the same)."""
     async with fresh_connections(proxy.port, "GET", "/metrics") as answers:
         assert [a.status for a in answers] == [200] * SCRAPES
         held = connections_by_worker(proxy.port, pids)
     assert all(held.values()), f"a worker answered no scrape: {held}"
+    check_documented_modes(answers[0].body.decode())
     return [samples(a.body.decode()) for a in answers]
+
+
+def check_documented_modes(text: str) -> None:
+    """A metric with a ``worker`` label is documented ``per worker``; any other, ``sum``."""
+    modes = documented_modes()
+    for family in text_string_to_metric_families(text):
+        shown = f"{family.name}_total" if family.type == "counter" else family.name
+        mode = modes.get(shown) or modes.get(family.name) or ("per worker" if shown.startswith("process_") else None)
+        assert mode is not None, f"{shown} is not documented in docs/metrics.md"
+        labelled = {"worker" in sample.labels for sample in family.samples}
+        assert labelled <= {mode == "per worker"}, f"{shown}: documented as {mode!r}"
 
 
 async def requests_logged(proxy: ServedProxy, count: int) -> None:

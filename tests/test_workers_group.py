@@ -62,7 +62,7 @@ def label_values(found: Samples, name: str, label: str) -> set[str]:
 
 def combined(row: str) -> str:
     """The ``--workers N`` column of a row of docs/metrics.md."""
-    return row.split(" | ")[3]
+    return row.strip().strip("|").split("|")[3].strip()
 
 
 def documented_modes() -> dict[str, str]:

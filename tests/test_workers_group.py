@@ -8,6 +8,7 @@ while its connection is still open, so the test knows which worker answered.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -224,6 +225,13 @@ async def test_one_worker_is_a_single_process_with_its_own_registry(proxies: lis
 # --------------------------------------------------------------------------- #
 
 
+def configured(status: dict[str, Any]) -> dict[str, Any]:
+    """The status fields that come from the configuration, not from health checks."""
+    top = {k: status[k] for k in ("provider_type", "model", "airgap_compliant", "airgapped", "fallback_mode")}
+    fields = ("name", "provider_type", "base_url", "priority", "verdict", "reason", "permitted")
+    return top | {"upstreams": [{k: u[k] for k in fields} for u in status["upstreams"]]}
+
+
 async def admin_reload(proxy: ServedProxy) -> Answer:
     streams = await asyncio.open_connection("127.0.0.1", proxy.port)
     try:
@@ -271,6 +279,13 @@ async def test_an_admin_reload_reloads_every_worker_and_lists_their_generations(
     await assert_every_worker_answers(proxy, pids, local)
     for found in await scrape_everywhere(proxy, pids):
         assert total(found, "airgap_proxy_config_reloads_total", result="ok") == 4  # 2 workers, 2 reloads
+    # The status view's configuration fields are the same on every worker (health is each worker's own).
+    async with fresh_connections(proxy.port, "GET", "/api/v1/llm/status") as answers:
+        held = connections_by_worker(proxy.port, pids)
+    assert all(held.values()), held
+    views = {json.dumps(configured(a.json()), sort_keys=True) for a in answers}
+    assert len(views) == 1, views
+    assert [u["name"] for u in json.loads(views.pop())["upstreams"]] == ["local"]
 
 
 async def test_a_replacement_worker_reloads_and_is_listed_after_sighup(

@@ -13,6 +13,7 @@ from aiohttp.abc import AbstractResolver
 from airgap_proxy import reload
 from airgap_proxy.api import admin, forward_proxy, health, ollama, openai, status, unknown
 from airgap_proxy.config import Config
+from airgap_proxy.group import GROUP, WorkerGroup
 from airgap_proxy.metrics import METRICS, Metrics, metrics_endpoint
 from airgap_proxy.middleware import expect_handler, request_middleware
 from airgap_proxy.pipeline import answer
@@ -24,13 +25,18 @@ _RETIRE_WAIT_S = 5.0
 
 
 def create_app(
-    config: Config, *, resolver: AbstractResolver | None = None, loader: reload.Loader | None = None
+    config: Config,
+    *,
+    resolver: AbstractResolver | None = None,
+    loader: reload.Loader | None = None,
+    group: WorkerGroup | None = None,
 ) -> web.Application:
     """The proxy application. ``resolver`` replaces the system DNS (tests).
 
     ``loader`` re-reads the configuration for a reload (SIGHUP or the admin
     endpoint): the same loader and environment as at start-up. Without it a
-    reload is refused.
+    reload is refused. ``group``: this process is a worker of ``serve
+    --workers N`` (metrics and reloads span the group).
     """
     router = Router()
     router.forward_to(forward_proxy.is_forward_request, forward_proxy.forward_proxy)
@@ -44,12 +50,16 @@ def create_app(
         app[reload.LOADER] = loader
     if resolver is not None:
         app[reload.RESOLVER] = resolver
-    metrics = Metrics(lambda: app[STATE].pool, lambda: app[STATE].in_flight)
+    shared = group.metrics_dir if group is not None else None
+    metrics = Metrics(lambda: app[STATE].pool, lambda: app[STATE].in_flight, shared_dir=shared)
     app[METRICS] = metrics
     app[STATE] = AppState(generation=reload.build(config, resolver, 1, None), metrics=metrics)
     # The store first: if it cannot open, nothing else has started yet.
     app.cleanup_ctx.append(_tenant_store)
     app.cleanup_ctx.append(_generations)
+    if group is not None:
+        app[GROUP] = group
+        app.cleanup_ctx.append(_group)
     app.cleanup_ctx.append(answer.executor_ctx)
     app[forward_proxy.TUNNELS] = set()
     app.on_shutdown.append(forward_proxy.drain)
@@ -80,6 +90,16 @@ async def _generations(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await retiring
     await state.generation.egress.close()
+
+
+async def _group(app: web.Application) -> AsyncIterator[None]:
+    """Publish this worker's record and write its gauges for the group until it stops."""
+    app[GROUP].publish(app[STATE].generation.number)
+    task = asyncio.get_running_loop().create_task(app[METRICS].sync_loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _tenant_store(app: web.Application) -> AsyncIterator[None]:

@@ -19,8 +19,9 @@ from aiohttp.abc import AbstractResolver
 from airgap_proxy import crypto, policy
 from airgap_proxy.config import Config, ConfigError
 from airgap_proxy.egress import EgressClient, guard
+from airgap_proxy.group import GROUP
 from airgap_proxy.logs import get_logger
-from airgap_proxy.state import STATE, AppState, Generation
+from airgap_proxy.state import STATE, Generation
 from airgap_proxy.upstreams import UpstreamPool, probe_loop
 
 _log = get_logger("airgap_proxy.reload")
@@ -148,12 +149,12 @@ async def reload_app(app: web.Application) -> Reloaded:
     async with state.reload_lock:
         if loader is None:
             error = ConfigError("(reload)", "this proxy was started without a configuration loader")
-            _reload_failed(state, error)
+            _reload_failed(app, error)
             raise error
         try:
             config = loader()
         except ConfigError as exc:
-            _reload_failed(state, exc)
+            _reload_failed(app, exc)
             raise
         old = state.generation
         new = build(config, app.get(RESOLVER), old.number + 1, old.pool)
@@ -164,7 +165,9 @@ async def reload_app(app: web.Application) -> Reloaded:
         loop = asyncio.get_running_loop()
         state.retiring = loop.create_task(close_when_idle(old, state.retiring))
         restart = restart_only_changes(old.config, config)
-        state.metrics.reloads.labels("ok").inc()
+        state.metrics.reloads.inc(("ok",))
+        if (group := app.get(GROUP)) is not None:
+            group.publish(new.number, attempted=True)
         _log.info(
             "config_reloaded",
             generation=new.number,
@@ -178,6 +181,9 @@ async def reload_app(app: web.Application) -> Reloaded:
         return Reloaded(new.number, restart)
 
 
-def _reload_failed(state: AppState, error: ConfigError) -> None:
-    state.metrics.reloads.labels("error").inc()
+def _reload_failed(app: web.Application, error: ConfigError) -> None:
+    state = app[STATE]
+    state.metrics.reloads.inc(("error",))
+    if (group := app.get(GROUP)) is not None:
+        group.publish(state.generation.number, error=str(error), attempted=True)
     _log.error("config_reload_failed", error=str(error), generation=state.generation.number)

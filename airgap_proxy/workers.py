@@ -35,9 +35,17 @@ The supervisor, in order:
 5. Forwards ``SIGHUP``: every worker reloads the file itself. A worker started
    later (a replacement) gets a ``SIGHUP`` as it starts if any reload happened,
    so it runs the same file as the others.
-6. Replaces a worker that exits unexpectedly, at most one start per
+6. Reads worker pids from the control pipe (:mod:`airgap_proxy.group`): a
+   worker that took ``POST /api/v1/admin/reload`` asks for every other worker
+   to get ``SIGHUP``, which counts as a reload for the replacements too.
+7. Replaces a worker that exits unexpectedly, at most one start per
    :data:`RESTART_INTERVAL_S`; :data:`CRASH_LIMIT` abnormal exits within
    :data:`CRASH_WINDOW_S` mean a crash loop: it stops the others and exits 1.
+
+The group's run directory (multiprocess metrics, the workers' records) is a
+fresh temporary directory per run, removed when the supervisor returns; a
+worker's live gauges and record are removed as soon as it exits, its counters
+stay (they still count in the sums).
 
 Workers die with the supervisor (``PR_SET_PDEATHSIG``: a killed supervisor
 leaves no orphan holding the port; they get ``SIGTERM`` and drain).
@@ -52,14 +60,19 @@ import enum
 import io
 import os
 import selectors
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
-from airgap_proxy import logs, reload, server
+from prometheus_client.multiprocess import mark_process_dead
+
+from airgap_proxy import group, logs, reload, server
 from airgap_proxy.app import create_app
 from airgap_proxy.config import Config, ConfigError
 from airgap_proxy.tenant_store import StoreError, TenantStore
@@ -74,6 +87,7 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Blocked around fork; a worker keeps the first three blocked until its loop handles them.
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 _PR_SET_PDEATHSIG = 1
+_CONTROL = "control"  # the selector's mark for the control pipe
 _log = logs.get_logger("airgap_proxy.workers")
 
 
@@ -105,8 +119,11 @@ class Worker:
 class Supervisor:
     """The parent process of ``serve --workers N``; :meth:`run` returns its exit status."""
 
-    def __init__(self, config: Config, host: str, port: int, count: int, loader: reload.Loader | None) -> None:
+    def __init__(
+        self, config: Config, host: str, port: int, count: int, loader: reload.Loader | None, *, run_dir: Path
+    ) -> None:
         self.config = config
+        self.run_dir = run_dir
         self.host = host
         self.port = port
         self.count = count
@@ -121,9 +138,14 @@ class Supervisor:
         self.kill_at: float | None = None  # the drain's deadline
         self._selector = selectors.DefaultSelector()
         self._wakeup = (-1, -1)
+        self._control = (-1, -1)  # the workers write pids to [1]; read here from [0]
 
     def run(self) -> int:
         self._install_signals()
+        read, write = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(read, False)
+        self._control = (read, write)
+        self._selector.register(read, selectors.EVENT_READ, _CONTROL)
         try:
             for _ in range(self.count):
                 self._start_worker()
@@ -155,8 +177,9 @@ class Supervisor:
         for sig in _SIGNALS:
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
         self._selector.close()
-        for fd in self._wakeup:
-            os.close(fd)
+        for fd in (*self._wakeup, *self._control):
+            if fd >= 0:
+                os.close(fd)
 
     def _read_signals(self) -> list[int]:
         try:
@@ -172,6 +195,8 @@ class Supervisor:
             if key.data is None:
                 for signum in self._read_signals():
                     self._on_signal(signal.Signals(signum))
+            elif key.data is _CONTROL:
+                self._on_control()
             else:
                 self._on_ready_pipe(key.data)
         self._reap()
@@ -205,6 +230,21 @@ class Supervisor:
             self._signal_all(signal.SIGHUP)
         # SIGCHLD needs nothing more: every step reaps.
 
+    def _on_control(self) -> None:
+        """A worker reloaded itself (the admin endpoint): ``SIGHUP`` to every other worker."""
+        try:
+            data = os.read(self._control[0], 4096)
+        except BlockingIOError:
+            return
+        for asker in group.parse_control(data):
+            if self.phase is Phase.STOPPING:
+                return
+            self.reloads += 1
+            others = sorted(pid for pid in self.workers if pid != asker)
+            _log.info("workers_reloading", pids=others, requested_by=asker)
+            for pid in others:
+                _send(pid, signal.SIGHUP)
+
     def _on_ready_pipe(self, worker: Worker) -> None:
         try:
             data = os.read(worker.ready_fd, 16)
@@ -230,7 +270,15 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 self._close_ready_pipe(worker)
+                self._forget(pid)
                 self._on_exit(worker, os.waitstatus_to_exitcode(wait_status))
+
+    def _forget(self, pid: int) -> None:
+        """Drop an exited worker's live gauges and record; its counters stay in the sums."""
+        with contextlib.suppress(OSError):
+            mark_process_dead(pid, str(self.run_dir / group.METRICS_DIR))  # type: ignore[no-untyped-call]
+        with contextlib.suppress(FileNotFoundError):
+            (self.run_dir / group.WORKERS_DIR / f"{pid}.json").unlink()
 
     def _on_exit(self, worker: Worker, code: int) -> None:
         """``code``: the exit status, or minus the number of the signal that killed the worker."""
@@ -312,11 +360,16 @@ class Supervisor:
             for sig in _SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             self._selector.close()
-            for fd in (*self._wakeup, *(w.ready_fd for w in self.workers.values() if w.ready_fd >= 0)):
+            for fd in (
+                *self._wakeup,
+                self._control[0],
+                *(w.ready_fd for w in self.workers.values() if w.ready_fd >= 0),
+            ):
                 os.close(fd)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
             _die_with_parent(parent)
-            code = _serve_worker(self.config, self.host, self.port, self.loader, ready_fd)
+            shared = group.WorkerGroup(self.run_dir, self._control[1])
+            code = _serve_worker(self.config, self.host, self.port, self.loader, ready_fd, shared=shared)
         except StoreError as exc:
             print(f"airgap-proxy: {exc}", file=sys.stderr)
         except BaseException as exc:  # noqa: BLE001 - whatever happens, the child must not return into the parent's code
@@ -327,13 +380,15 @@ class Supervisor:
             os._exit(code)
 
 
-def _serve_worker(config: Config, host: str, port: int, loader: reload.Loader | None, ready_fd: int) -> int:
+def _serve_worker(
+    config: Config, host: str, port: int, loader: reload.Loader | None, ready_fd: int, *, shared: group.WorkerGroup
+) -> int:
     def on_listening() -> None:
         with contextlib.suppress(OSError):  # the supervisor is gone: PR_SET_PDEATHSIG stops this worker
             os.write(ready_fd, b"1")
         os.close(ready_fd)
 
-    app = create_app(config, loader=loader)
+    app = create_app(config, loader=loader, group=shared)
     return server.run_app(app, config, host, port, worker=True, on_listening=on_listening)
 
 
@@ -422,7 +477,23 @@ def supervise(
         config=config.source,
     )
     prepare_tenant_store(config)
-    return Supervisor(config, host, port, count, loader).run()
+    try:
+        run_dir = make_run_dir()
+    except OSError as exc:
+        print(f"airgap-proxy: cannot create the workers' run directory: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        return Supervisor(config, host, port, count, loader, run_dir=run_dir).run()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def make_run_dir() -> Path:
+    """A fresh private directory (mode 0700, under ``TMPDIR`` or ``/tmp``) for this run's shared files."""
+    run_dir = Path(tempfile.mkdtemp(prefix="airgap-proxy-workers-"))
+    (run_dir / group.METRICS_DIR).mkdir()
+    (run_dir / group.WORKERS_DIR).mkdir()
+    return run_dir
 
 
 def prepare_tenant_store(config: Config) -> None:

@@ -516,7 +516,7 @@ import sys
 from airgap_proxy import workers
 from airgap_proxy.config import Config
 
-def fail(*args):
+def fail(*args, **kwargs):
     print("worker failed on purpose", file=sys.stderr)
     return 3
 

@@ -19,7 +19,10 @@ and one with the wrong token 403 (compared in constant time).
 
 ``POST /api/v1/admin/reload`` re-reads the configuration as SIGHUP does
 (:func:`airgap_proxy.reload.reload_app`): 200 with the new generation, or 400
-``invalid_config`` with the loader's message while the running one stays.
+``invalid_config`` with the loader's message while the running one stays. A
+worker of ``serve --workers N`` then has the supervisor reload every other
+worker, waits for them (up to :data:`~airgap_proxy.group.RELOAD_WAIT_S`), and
+lists each worker's generation.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from airgap_proxy.errors import (
     TenantStoreUnavailable,
     Unauthorized,
 )
+from airgap_proxy.group import GROUP, RELOAD_WAIT_S, WorkerGroup
 from airgap_proxy.logs import get_logger
 from airgap_proxy.pipeline import read_body
 from airgap_proxy.state import AUDIT_KEY, STATE, AppState, TenantProbe
@@ -226,9 +230,26 @@ async def reload_config(request: web.Request) -> web.Response:
         reloaded = await reload.reload_app(request.app)
     except ConfigError as exc:
         raise InvalidConfig(f"configuration rejected, the running one stays: {exc}") from None
-    return web.json_response(
-        {"reloaded": True, "generation": reloaded.generation, "restart_needed": list(reloaded.restart_needed)}
-    )
+    body: dict[str, Any] = {
+        "reloaded": True,
+        "generation": reloaded.generation,
+        "restart_needed": list(reloaded.restart_needed),
+    }
+    group = request.app.get(GROUP)
+    if group is not None:
+        body["workers"] = await _reload_others(group, reloaded.generation)
+    return web.json_response(body)
+
+
+async def _reload_others(group: WorkerGroup, generation: int) -> list[dict[str, Any]]:
+    """Every other worker reloads too; each worker's generation, and whether it reloaded in time."""
+    before = {pid: record for pid, record in group.records().items() if pid != group.pid}
+    group.reload_others()
+    reloaded = await group.wait_reloaded(before, RELOAD_WAIT_S)
+    now = group.records()
+    workers = [{"pid": group.pid, "generation": generation, "reloaded": True}]
+    workers += [{"pid": pid, "generation": now[pid].generation, "reloaded": ok} for pid, ok in reloaded.items()]
+    return sorted(workers, key=lambda w: w["pid"])
 
 
 def verify_view(probe: Probe) -> dict[str, Any]:

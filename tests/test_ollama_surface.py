@@ -50,6 +50,12 @@ class FakeOllama:
             return web.json_response({"version": "0.14.1"})
         if request.path == "/api/embed":
             return web.json_response({"model": data["model"], "embeddings": [[0.6, 0.8]]})
+        if request.path == "/api/chat" and data.get("tools"):
+            call = {"function": {"name": data["tools"][0]["function"]["name"], "arguments": {"city": "Oslo"}}}
+            message = {"role": "assistant", "content": "", "tool_calls": [call]}
+            return web.json_response(
+                {"model": data["model"], "created_at": "2025-01-01T00:00:00Z", "message": message, "done": True}
+            )
         if request.path in ("/api/chat", "/api/generate"):
             chat = request.path == "/api/chat"
             if data.get("stream", True) is False:
@@ -171,7 +177,34 @@ async def test_the_fallback_answers_when_ollama_is_down(aiohttp_client: Any, unu
     structured = await api.chat(model="qwen2.5:7b", messages=MESSAGES, format=schema, stream=False)
     assert isinstance(json.loads(structured.message.content or "")["city"], str)
     assert (await api.embed(model="nomic", input=["a", "b"])).embeddings
-    assert (await api.list()).models
+    listed = (await api.list()).models
+    assert listed
+    name = listed[0].model
+    assert name is not None
+    shown = await api.show(name)
+    assert shown.details is not None and shown.capabilities
+    assert [m.model for m in (await api.ps()).models] == [m.model for m in listed]
+    assert (await api.embeddings(model="nomic", prompt="hi")).embedding
+
+
+async def test_tool_calls_in_the_reply_reach_the_client(aiohttp_server: Any, aiohttp_client: Any, sdk: Any) -> None:
+    fake = FakeOllama()
+    client = await start(aiohttp_server, aiohttp_client, fake)
+
+    def get_weather(city: str) -> str:
+        """The weather in a city.
+
+        Args:
+          city: the city
+        """
+        return "sunny"
+
+    answer = await sdk(client).chat(model="qwen2.5:7b", messages=MESSAGES, tools=[get_weather], stream=False)
+    assert answer.message.tool_calls is not None
+    [call] = answer.message.tool_calls
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Oslo"}
+    sent = json.loads(fake.calls("/api/chat")[-1].body)
+    assert sent["tools"][0]["function"]["name"] == "get_weather"
 
 
 async def test_no_upstream_at_all_still_speaks_ollama(aiohttp_client: Any, sdk: Any) -> None:

@@ -7,7 +7,8 @@ datagram it receives. Namespace B holds the proxy, a local upstream on
 and name server point at it), and a hosts file mapping ``canary.test`` to it.
 The proxy is driven through every path that could open a connection (default
 upstream, routed upstreams, failover, fallback, health probes, tenant
-providers through the admin API) with the canary written in every notation
+providers through the admin API, forward-proxy tunnels and absolute-form
+requests) with the canary written in every notation
 the policy knows. The canary must record zero attempts, while the local
 upstream keeps answering; then a control connection from B proves the canary
 would have seen one.
@@ -29,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -330,12 +332,43 @@ def drive(base_port: int) -> dict[str, Any]:
     status, _, upstream = chat("m", **{"X-Tenant-ID": "t-local"})
     out["tenant_local"] = [put_status, status, upstream]
     out["status"] = call("GET", "/api/v1/llm/status")[0]
+    # The forward-proxy backstop: a tunnel or an absolute-form request to the canary, in every notation.
+    out["tunnel"], out["absolute"] = {}, {}
+    for host in CANARY_HOSTS:
+        out["tunnel"][host] = proxy_request(
+            base_port, f"CONNECT {host}:{CANARY_PORT} HTTP/1.1", f"{host}:{CANARY_PORT}"
+        )
+        target = f"GET http://{host}:{CANARY_PORT}/v1/models HTTP/1.1"
+        out["absolute"][host] = proxy_request(base_port, target, f"{host}:{CANARY_PORT}")
+        local()
+    out["tunnel_local"] = local_tunnel(base_port)
     time.sleep(1.5)  # let the health probes run a few more rounds against every upstream
     local()
     return out
 
 
 # --------------------------------------------------------------------------- the tests
+
+
+def proxy_request(port: int, request_line: str, host: str) -> int:
+    """Send one forward-proxy request head to the proxy; the status it answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(f"{request_line}\r\nHost: {host}\r\n\r\n".encode())
+        head = sock.recv(65536).split(b"\r\n", 1)[0]
+    return int(head.split()[1])
+
+
+def local_tunnel(port: int) -> list[Any]:
+    """A tunnel to the local upstream, and one request through it: both must work."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        target = f"127.0.0.1:{LOCAL_PORT}"
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        established = sock.recv(65536).split(b"\r\n", 1)[0]
+        sock.sendall(f"GET /v1/models HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return [int(established.split()[1]), int(answer.split(b"\r\n", 1)[0].split()[1])]
 
 
 def canary_config(workdir: Path) -> Path:
@@ -368,6 +401,7 @@ def canary_config(workdir: Path) -> Path:
         "tenants": {"store": str(workdir / "tenants.db")},
         "timeouts": {"connect_s": 2, "upstream_s": 10},
         "logging": {"format": "json", "level": "info"},
+        "forward_proxy": {"enabled": True, "allow_ports": [CANARY_PORT, LOCAL_PORT, 443, 80]},
     }
     path = workdir / "config.yaml"
     path.write_text(json.dumps(config))
@@ -443,6 +477,12 @@ def test_the_canary_sees_nothing_while_local_traffic_flows(netns: Namespaces, tm
     for host, (put, code, put_verify, get) in seen["tenant"].items():
         assert (put, code, put_verify, get) == (422, "airgap_violation", 422, 404), host
     assert seen["tenant_local"] == [201, 200, "tenant:t-local"]
+    # The backstop refused every tunnel and absolute-form request to the canary, and tunnels locally.
+    # (A name in raw non-ASCII is no valid request line at all: 400 from the HTTP parser, refused as well.)
+    for kind in ("tunnel", "absolute"):
+        wrong = {h: c for h, c in seen[kind].items() if c != (403 if h.isascii() else 400)}
+        assert not wrong, (kind, wrong)
+    assert seen["tunnel_local"] == [200, 200]
     assert seen["status"] == 200
 
     # The canary saw nothing, and nothing left B's loopback at the syscall level either.

@@ -13,6 +13,9 @@ the policy knows. The canary must record zero attempts, while the local
 upstream keeps answering; then a control connection from B proves the canary
 would have seen one.
 
+A stray connection from inside a process under the self-egress guard is
+refused and never reaches the canary either.
+
 A third namespace with nothing but loopback shows that start-up, with a
 configuration naming only external upstreams, makes no outbound attempt at
 all (every ``connect``/``sendto`` of the process, seen by strace).
@@ -490,6 +493,26 @@ def test_the_canary_sees_nothing_while_local_traffic_flows(netns: Namespaces, tm
     if strace_log is not None:
         assert outbound_targets(strace_log) == []
         assert "127.0.0.1" in strace_log.read_text()  # the trace did capture the local traffic
+
+    # The self-egress guard, as serve installs it: a stray connection from inside the process to the
+    # canary is refused before the system call, and logged with the module that asked.
+    stray = in_ns(
+        inside,
+        "import socket\n"
+        "from airgap_proxy.config import parse_config\n"
+        "from airgap_proxy.egress import guard\n"
+        "guard.install(parse_config({}, {}, lambda path: '').rules, enforce=True)\n"
+        "try:\n"
+        f"    socket.create_connection(({CANARY_V4!r}, {CANARY_PORT}), timeout=5)\n"
+        "    print('connected')\n"
+        "except PermissionError as exc:\n"
+        "    print('refused:', exc)\n",
+    )
+    assert stray.returncode == 0, stray.stderr
+    assert "refused: airgap-proxy refused socket.connect to 203.0.113.10" in stray.stdout, stray.stdout
+    assert "connected" not in stray.stdout
+    assert "self_egress_refused" in stray.stdout + stray.stderr and "caller=__main__" in stray.stdout + stray.stderr
+    assert canary_log.read_text() == "", canary_log.read_text()
 
     # Control: from B the canary is reachable, by address, by name, by its NAT64 form and by the
     # IPv4-compatible forms of local addresses, and it records.

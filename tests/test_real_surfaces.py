@@ -56,9 +56,12 @@ MESSAGE_EVENTS = re.compile(
     r"message_start (content_block_start (content_block_delta )*content_block_stop )+message_delta message_stop"
 )
 # The Responses API's, for one message item with one output_text part.
+# llama-server repeats response.created / response.in_progress between deltas when it sends them in
+# separate batches (seen in CI): the proxy relays what it gets, so the order allows them anywhere there.
+_STATUS = r"(response\.(created|in_progress) )*"
 RESPONSE_EVENTS = re.compile(
     r"response\.created (response\.in_progress )+response\.output_item\.added response\.content_part\.added"
-    r" (response\.output_text\.delta )+response\.output_text\.done response\.content_part\.done"
+    rf" {_STATUS}(response\.output_text\.delta {_STATUS})+response\.output_text\.done response\.content_part\.done"
     r" response\.output_item\.done response\.completed"
 )
 

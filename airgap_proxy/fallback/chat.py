@@ -250,20 +250,9 @@ def _choice(plan: _Plan, index: int, seed: Seed, model: str, *, prompt: str | No
         return _Choice(index, wire.dumps(value), None, plan.kind, "stop")
     reply = canned.reply_for(model, prompt)
     if plan.kind is Kind.JSON_OBJECT:
-        return _Choice(index, _json_object(reply, seed), None, plan.kind, "stop")
+        return _Choice(index, text.json_object(reply, seed), None, plan.kind, "stop")
     shaped = text.shape(reply if reply is not None else text.neutral_text(seed), plan.stop, plan.max_tokens)
     return _Choice(index, shaped.text, None, plan.kind, shaped.finish_reason)
-
-
-def _json_object(reply: str | None, seed: Seed) -> str:
-    if reply is not None and reply.lstrip().startswith("{"):
-        try:
-            value = wire.loads_object(reply)
-        except ValueError:
-            value = None
-        if value is not None:
-            return wire.dumps(value)
-    return wire.dumps({"response": reply if reply is not None else text.neutral_text(seed)})
 
 
 # ----------------------------------------------------------------- planning

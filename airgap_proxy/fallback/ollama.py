@@ -229,7 +229,7 @@ def _answer(
         except SchemaError as exc:
             raise InvalidRequest(f"format: {exc}", param="format") from None
     elif plan.json_mode:
-        content = _json_object(canned.reply_for(model, prompt), seed)
+        content = text.json_object(canned.reply_for(model, prompt), seed)
     else:
         structured = False
         reply = canned.reply_for(model, prompt)
@@ -237,17 +237,6 @@ def _answer(
         content, reason = shaped.text, shaped.finish_reason
     metrics = _metrics(text.count_tokens(prompt_text), text.count_tokens(content))
     return _Answer(model, created_at, content, reason, structured, metrics)
-
-
-def _json_object(reply: str | None, seed: Seed) -> str:
-    if reply is not None and reply.lstrip().startswith("{"):
-        try:
-            value = wire.loads_object(reply)
-        except ValueError:
-            value = None
-        if value is not None:
-            return wire.dumps(value)
-    return wire.dumps({"response": reply if reply is not None else text.neutral_text(seed)})
 
 
 def _metrics(prompt_tokens: int, eval_tokens: int) -> dict[str, int]:

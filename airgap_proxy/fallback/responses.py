@@ -231,20 +231,9 @@ def _content(plan: _Plan, seed: Seed, model: str, canned: Canned) -> tuple[str, 
             raise InvalidRequest(f"text.format.schema: {exc}", param="text.format.schema") from None
     reply = canned.reply_for(model, request.last_user_text(plan.items))
     if plan.kind is Kind.JSON_OBJECT:
-        return _json_object(reply, seed), False
+        return text.json_object(reply, seed), False
     shaped = text.shape(reply if reply is not None else text.neutral_text(seed), (), plan.max_output_tokens)
     return shaped.text, shaped.finish_reason == "length"
-
-
-def _json_object(reply: str | None, seed: Seed) -> str:
-    if reply is not None and reply.lstrip().startswith("{"):
-        try:
-            value = wire.loads_object(reply)
-        except ValueError:
-            value = None
-        if value is not None:
-            return wire.dumps(value)
-    return wire.dumps({"response": reply if reply is not None else text.neutral_text(seed)})
 
 
 def _item_text(item: dict[str, Any]) -> str | None:

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from airgap_proxy.fallback import wire
 from airgap_proxy.fallback.seed import Seed
 
 # Neutral, self-describing sentences. A reply is three of them, picked by the seed.
@@ -96,3 +97,15 @@ def word_pieces(text: str, words: int = WORDS_PER_CHUNK) -> list[str]:
 def fragments(text: str, size: int = FRAGMENT_CHARS) -> list[str]:
     """``text`` split into fixed-size fragments (for JSON, which has no words)."""
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def json_object(reply: str | None, seed: Seed) -> str:
+    """A JSON object answer: the reply itself when it is one, else ``{"response": <text>}``."""
+    if reply is not None and reply.lstrip().startswith("{"):
+        try:
+            value = wire.loads_object(reply)
+        except ValueError:
+            value = None
+        if value is not None:
+            return wire.dumps(value)
+    return wire.dumps({"response": reply if reply is not None else neutral_text(seed)})

@@ -243,25 +243,14 @@ class TenantStore:
     def _rotate(self, keyring: crypto.Keyring) -> RotationReport:
         report = RotationReport()
         with _transaction(self.db) as db:
+            resealed: list[tuple[str, crypto.Sealed]] = []
             for row in db.execute(_SELECT_ALL).fetchall():
-                provider = provider_from(row)
-                if provider.sealed_key is None:
-                    report.without_key += 1
-                    continue
-                aad = crypto.associated_data(provider.tenant, provider.base_url)
-                try:
-                    resealed = keyring.reseal(provider.sealed_key, aad)
-                except crypto.SealError as exc:
-                    report.failed.append((provider.tenant, str(exc)))
-                    continue
-                if resealed is None:
-                    report.current += 1
-                    continue
+                reseal_into(provider_from(row), keyring, report, resealed)
+            for tenant, sealed in resealed:
                 db.execute(
                     "UPDATE tenant_providers SET key_id = ?, key_nonce = ?, key_sealed = ? WHERE tenant = ?",
-                    (resealed.key_id, resealed.nonce, resealed.ciphertext, provider.tenant),
+                    (sealed.key_id, sealed.nonce, sealed.ciphertext, tenant),
                 )
-                report.resealed += 1
         return report
 
 
@@ -338,3 +327,23 @@ class AsyncTenantStore:
 
     async def delete(self, tenant: str) -> bool:
         return await self._run(lambda: self._store.delete(tenant))
+
+
+def reseal_into(
+    provider: StoredProvider, keyring: crypto.Keyring, report: RotationReport, out: list[tuple[str, crypto.Sealed]]
+) -> None:
+    """Count ``provider`` in ``report``; a key that needs re-sealing goes to ``out`` (every store's rotation)."""
+    if provider.sealed_key is None:
+        report.without_key += 1
+        return
+    aad = crypto.associated_data(provider.tenant, provider.base_url)
+    try:
+        resealed = keyring.reseal(provider.sealed_key, aad)
+    except crypto.SealError as exc:
+        report.failed.append((provider.tenant, str(exc)))
+        return
+    if resealed is None:
+        report.current += 1
+        return
+    out.append((provider.tenant, resealed))
+    report.resealed += 1

@@ -27,7 +27,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from airgap_proxy import crypto, database_url
 from airgap_proxy.errors import TenantStoreUnavailable
-from airgap_proxy.tenant_store import RotationReport, StoreError, decision_json, provider_from
+from airgap_proxy.tenant_store import RotationReport, StoreError, decision_json, provider_from, reseal_into
 from airgap_proxy.tenants import StoredProvider
 
 SCHEMA_VERSION = 1
@@ -223,7 +223,7 @@ class PostgresStore:
                 rows = await (await cursor.execute(_SELECT_ALL.rstrip() + " FOR UPDATE")).fetchall()
                 resealed: list[tuple[str, crypto.Sealed]] = []
                 for row in rows:
-                    _reseal_one(provider_from(row), keyring, report, resealed)
+                    reseal_into(provider_from(row), keyring, report, resealed)
                 for tenant, sealed in resealed:
                     await conn.execute(
                         "UPDATE tenant_providers SET key_id = %s, key_nonce = %s, key_sealed = %s WHERE tenant = %s",
@@ -254,23 +254,3 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreError(f"tenant store {self.shown}: {self.reason(exc)}; nothing was copied") from None
         return added, replaced, skipped
-
-
-def _reseal_one(
-    provider: StoredProvider, keyring: crypto.Keyring, report: RotationReport, out: list[tuple[str, crypto.Sealed]]
-) -> None:
-    """Count ``provider`` in ``report``; a key that needs re-sealing goes to ``out``."""
-    if provider.sealed_key is None:
-        report.without_key += 1
-        return
-    aad = crypto.associated_data(provider.tenant, provider.base_url)
-    try:
-        resealed = keyring.reseal(provider.sealed_key, aad)
-    except crypto.SealError as exc:
-        report.failed.append((provider.tenant, str(exc)))
-        return
-    if resealed is None:
-        report.current += 1
-        return
-    out.append((provider.tenant, resealed))
-    report.resealed += 1
